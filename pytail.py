@@ -1,0 +1,2343 @@
+#!/usr/bin/env python3
+"""pytail: a one-file Python package index (caching mirror, own packages, R2/S3 publisher).
+
+    python pytail.py serve    --help   # lazy caching mirror of an upstream Simple API
+    python pytail.py manifest --help   # manifest-v1.json of a flat package directory
+    python pytail.py publish  --help   # push that directory to an S3 API bucket (R2)
+
+Map of this file (each section uses only the ones above it):
+    1. Constants, configuration, errors
+    2. Names and filenames (pure)
+    3. Simple API model, parsing, rendering, negotiation (pure)
+    4. AWS Signature Version 4 (pure)
+    5. Storage: SQLite index and file store
+    6. Upstream client
+    7. Own packages and the cache policy
+    8. HTTP layer
+    9. Manifest and publishing
+    10. Command line
+
+Specs: PEP 503 (simple API, name normalisation), PEP 592 (yanked), PEP 629 (versioning),
+PEP 658/714 (metadata files), PEP 691 (JSON form, content negotiation), PEP 700 (versions,
+size, upload-time), PEP 740 (provenance), PEP 792 (project status), PEP 625 (sdist names),
+the binary distribution format; AWS Signature Version 4 (AWS General Reference). Checklist IDs
+(URL-3, NEG-4, ...) refer to shared/spec/simple-api-checklist.md.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import calendar
+import dataclasses
+import datetime
+import email.parser
+import email.utils
+import gzip
+import hashlib
+import hmac
+import html
+import http.client
+import http.server
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.parse
+import zipfile
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+
+__version__ = "0.1.0"
+
+# =============================================================================
+# 1. Constants, configuration, errors
+# =============================================================================
+
+log = logging.getLogger("pytail")
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
+TEXT_HTML = "text/html"
+API_VERSION = "1.4"  # PEP 792; JSON carries size/upload-time/versions (1.1), provenance (1.3)
+API_VERSION_NO_SIZE = "1.0"  # a page where some sizes are unknown cannot claim PEP 700
+UPSTREAM_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {TEXT_HTML};q=0.01"  # UP-9
+
+DEFAULT_BIND = "127.0.0.1:3141"
+DEFAULT_UPSTREAM = "https://pypi.org"
+DEFAULT_CACHE_DIR = ".cache/pytail"
+DEFAULT_TTL = 900
+DEFAULT_TIMEOUT = 15.0
+DEFAULT_MAX_THREADS = 256
+NEGATIVE_TTL = 60  # CACHE-6: how long an upstream 404 is remembered
+PAGE_MAX_AGE_MIRROR = 60  # Cache-Control max-age for mirrored pages
+RENDER_CACHE_ENTRIES = 512  # rendered pages kept in memory (LRU)
+CHUNK = 256 * 1024
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+MAX_METADATA_BYTES = 8 * 1024 * 1024
+MAX_REDIRECTS = 5
+LOCAL_RESCAN_SECS = 2.0  # a full stat of the packages directory at most this often
+FILES_PREFIX = "root/pypi/+f/"
+PACKAGES_PREFIX = "packages/"
+IMMUTABLE = "public, max-age=31536000, immutable"  # FILE-8
+REVALIDATE = "max-age=0, must-revalidate"  # CACHE-2
+WHEEL_EXT = ".whl"
+SDIST_EXTS = (".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz", ".tar")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `serve` needs, built once from the command line."""
+
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 3141
+    upstream: str | None = DEFAULT_UPSTREAM  # None: offline, never touch the network
+    cache_dir: str = DEFAULT_CACHE_DIR
+    ttl: float = DEFAULT_TTL
+    timeout: float = DEFAULT_TIMEOUT
+    packages_dir: str | None = None
+    max_threads: int = DEFAULT_MAX_THREADS
+
+
+class PytailError(Exception):
+    """Base of every error pytail raises on purpose; the message is for the user."""
+
+    status = 500
+
+
+class BadRequest(PytailError):
+    """The client asked for something malformed or unsafe."""
+
+    status = 400
+
+
+class NotFound(PytailError):
+    """No such project, file or route."""
+
+    status = 404
+
+
+class NotAcceptable(PytailError):
+    """The Accept header admits none of the Simple API types (NEG-6)."""
+
+    status = 406
+
+
+class RangeError(PytailError):
+    """416: the requested range starts past the end of the file."""
+
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable (size {size})")
+        self.size = size
+
+
+class UpstreamError(PytailError):
+    """Upstream failed: network error, timeout, 5xx, or bytes that fail their hash."""
+
+    status = 502
+
+
+class ConfigError(PytailError):
+    """A setting is wrong; reported by main() as one line."""
+
+    status = 500
+
+
+class PublishError(PytailError):
+    """Publishing to the bucket failed."""
+
+    status = 500
+
+
+# =============================================================================
+# 2. Names and filenames (pure)
+# =============================================================================
+
+_NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)  # NAME-2
+_WHEEL_NAME_RE = re.compile(r"^[\w.]+\Z", re.UNICODE)  # FN-1
+# PEP 440, as in packaging's VERSION_PATTERN (public and local parts).
+_VERSION_RE = re.compile(
+    r"^v?(?:(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*"
+    r"(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"
+    r"(?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?"
+    r"(?:[-_.]?dev[-_.]?[0-9]*)?)"
+    r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?\Z",
+    re.IGNORECASE,
+)
+_STRAY_SUFFIXES = (".part", ".tmp", ".partial", ".yanked", ".metadata")
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalised form of a project name (NAME-1)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def is_valid_name(name: str) -> bool:
+    """True when `name` is a valid project name (NAME-2)."""
+    return bool(_NAME_RE.match(name))
+
+
+def is_valid_version(version: str) -> bool:
+    """True when `version` parses as PEP 440."""
+    return bool(_VERSION_RE.match(version))
+
+
+def is_safe_filename(filename: str) -> bool:
+    """A plain file name: no separators, no traversal, no control characters."""
+    return (
+        0 < len(filename) <= 255
+        and filename not in (".", "..")
+        and not any(c in filename for c in "/\\\0")
+        and ".." not in filename.split("/")
+        and all(ord(c) >= 32 for c in filename)
+    )
+
+
+def dist_kind(filename: str) -> str | None:
+    """'wheel', 'sdist' or None for anything that is not a distribution (FN-5)."""
+    lower = filename.lower()
+    if filename.startswith(".") or lower.endswith(_STRAY_SUFFIXES):
+        return None
+    if lower.endswith(WHEEL_EXT):
+        return "wheel"
+    if lower.endswith(SDIST_EXTS):
+        return "sdist"
+    return None
+
+
+def split_sdist_ext(filename: str) -> tuple[str, str]:
+    """('name-1.0', '.tar.gz') for an sdist filename."""
+    lower = filename.lower()
+    for ext in SDIST_EXTS:
+        if lower.endswith(ext):
+            return filename[: -len(ext)], filename[-len(ext):]
+    raise ValueError(f"not an sdist: {filename}")
+
+
+def parse_wheel_filename(filename: str) -> tuple[str, str]:
+    """(normalised name, version) of a wheel filename, or ValueError with the reason (FN-1)."""
+    stem = filename[: -len(WHEEL_EXT)]
+    dashes = stem.count("-")
+    if dashes not in (4, 5):
+        raise ValueError("a wheel name has 4 or 5 dash-separated parts")
+    parts = stem.split("-", dashes - 2)
+    name, version = parts[0], parts[1]
+    if not _WHEEL_NAME_RE.match(name) or "__" in name:
+        raise ValueError(f"invalid project name {name!r}")
+    if not is_valid_version(version):
+        raise ValueError(f"invalid version {version!r}")
+    if dashes == 5 and not parts[2][:1].isdigit():
+        raise ValueError("the build tag must start with a digit")
+    return normalize_name(name), version
+
+
+def sdist_splits(filename: str) -> list[tuple[str, str]]:
+    """Every (normalised name, version) split of an sdist filename, leftmost dash first (FN-3)."""
+    stem, _ = split_sdist_ext(filename)
+    splits = []
+    for i, char in enumerate(stem):
+        if char == "-" and i > 0:
+            name, version = stem[:i], stem[i + 1:]
+            if is_valid_name(name) and is_valid_version(version):
+                splits.append((normalize_name(name), version))
+    return splits
+
+
+def parse_sdist_filename(filename: str, pkg_name: str | None = None) -> tuple[str, str]:
+    """(normalised name, version) of an sdist (FN-2/FN-3).
+
+    With the Name from PKG-INFO, the split whose name matches it wins; otherwise the
+    leftmost dash followed by a valid version (pip's rule when it knows the project).
+    """
+    splits = sdist_splits(filename)
+    if not splits:
+        raise ValueError("no '<name>-<version>' split with a valid PEP 440 version")
+    if pkg_name:
+        for name, version in splits:
+            if name == normalize_name(pkg_name):
+                return name, version
+    return splits[0]
+
+
+def parse_dist_filename(filename: str, pkg_name: str | None = None) -> tuple[str, str]:
+    """(normalised name, version) of a wheel or sdist filename; ValueError says why not."""
+    kind = dist_kind(filename)
+    if kind == "wheel":
+        return parse_wheel_filename(filename)
+    if kind == "sdist":
+        return parse_sdist_filename(filename, pkg_name)
+    raise ValueError("not a wheel or sdist")
+
+
+def guess_project(filename: str) -> str | None:
+    """Best guess of the project a distribution filename belongs to (URL-7), or None."""
+    try:
+        return parse_dist_filename(filename)[0]
+    except ValueError:
+        return None
+
+
+def url_digest(url: str) -> str:
+    """Stable 16-hex key of an upstream URL, for links without a sha256."""
+    return hashlib.sha256(url.split("#", 1)[0].encode()).hexdigest()[:16]
+
+
+def sha_path(sha256: str, filename: str) -> str:
+    """devpi's content-addressed path `root/pypi/+f/<3>/<13>/<filename>` (URL-5)."""
+    return f"{FILES_PREFIX}{sha256[:3]}/{sha256[3:16]}/{filename}"
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """A sort key that orders release numbers numerically (display order only)."""
+    parts = re.split(r"[.+!-]", version)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def parse_metadata_fields(raw: bytes) -> dict[str, str]:
+    """Name, Version, Requires-Python and Metadata-Version of core metadata bytes (FN-9)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    msg = email.parser.HeaderParser().parsestr(text)
+    wanted = ("Metadata-Version", "Name", "Version", "Requires-Python")
+    return {k: str(msg[k]).strip() for k in wanted if msg[k] is not None}
+
+
+def wheel_metadata(path: str | BinaryIO, wheel_name: str) -> bytes:
+    """The exact bytes of `<x>.dist-info/METADATA` in a wheel (FN-7, META-3).
+
+    Raises ValueError when the archive is unreadable or has not exactly one matching
+    .dist-info directory.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            dirs = {n.split("/", 1)[0] for n in zf.namelist() if n.count("/") == 1
+                    and n.endswith(".dist-info/METADATA")}
+            wanted = [d for d in dirs if normalize_name(d[: -len(".dist-info")])
+                      .startswith(normalize_name(wheel_name))]
+            if len(wanted) != 1:
+                raise ValueError(f"expected one .dist-info directory, found {len(wanted)}")
+            info = zf.getinfo(f"{wanted[0]}/METADATA")
+            if info.file_size > MAX_METADATA_BYTES:
+                raise ValueError("METADATA is too large")
+            return zf.read(info)
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
+        raise ValueError(f"unreadable wheel: {exc}") from None
+
+
+def sdist_pkg_info(path: str) -> bytes | None:
+    """The top-level PKG-INFO of an sdist archive, or None (FN-8). Never extracts."""
+    try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")]
+                return zf.read(names[0])[:MAX_METADATA_BYTES] if names else None
+        with tarfile.open(path, mode="r:*") as tf:
+            for member in tf:
+                if member.isfile() and member.name.count("/") == 1 \
+                        and member.name.endswith("/PKG-INFO"):
+                    handle = tf.extractfile(member)
+                    return handle.read(MAX_METADATA_BYTES) if handle else None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, IndexError):
+        return None
+    return None
+
+
+# =============================================================================
+# 3. Simple API model, parsing, rendering, negotiation (pure)
+# =============================================================================
+
+
+@dataclass
+class FileEntry:
+    """One distribution file on a project page.
+
+    `path` is where pytail serves it, relative to the site root (`root/pypi/+f/...` or
+    `packages/...`); `url` is where upstream has it ('' for own packages). `yanked` is None
+    (not yanked) or the reason ('' for none given). `core_metadata` is None (not advertised),
+    '' (advertised without a hash) or the sha256 of the exact `.metadata` bytes.
+    """
+
+    filename: str
+    path: str = ""
+    url: str = ""
+    sha256: str | None = None
+    requires_python: str | None = None
+    yanked: str | None = None
+    size: int | None = None
+    upload_time: str | None = None
+    core_metadata: str | None = None
+    provenance: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProjectPage:
+    """A project's files plus the page-level data a Simple API page carries."""
+
+    name: str
+    files: list[FileEntry]
+    versions: list[str] = field(default_factory=list)
+    status: dict[str, str] | None = None  # PEP 792 {"status": ..., "reason": ...}
+
+
+_SKIP_FILE_KEYS = {"filename", "url", "hashes", "requires-python", "yanked", "size",
+                   "upload-time", "core-metadata", "dist-info-metadata",
+                   "data-dist-info-metadata", "provenance", "gpg-sig"}
+_PROJECT_STATUSES = {"active", "archived", "quarantined", "deprecated"}
+
+
+def _metadata_value(value: Any) -> str | None:
+    """PEP 714 value (True/False/{"sha256": h}/'sha256=h'/'true') as None, '' or a hex hash."""
+    if isinstance(value, dict):
+        return str(value.get("sha256", "")).lower() or ("" if value else None)
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return ""
+    if isinstance(value, str) and value.lower().startswith("sha256="):
+        return value[7:].lower()
+    if isinstance(value, str) and "=" in value:
+        return ""  # another hash name: metadata exists, hash unusable
+    return None
+
+
+def _file_url(base_url: str, href: str) -> tuple[str, str | None] | None:
+    """(absolute URL without fragment, sha256 or None), or None for unsafe schemes."""
+    url = urllib.parse.urljoin(base_url, href)
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return None
+    url, _, fragment = url.partition("#")
+    name, _, value = fragment.partition("=")
+    sha = value.lower() if name.lower() == "sha256" and re.fullmatch(r"[0-9a-fA-F]{64}", value) \
+        else None
+    return url, sha
+
+
+def _filename_of(url: str) -> str | None:
+    """The filename of a distribution URL (its last path segment, URL-5), if it is safe."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    return name if is_safe_filename(name) and dist_kind(name) else None
+
+
+def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None:
+    """A FileEntry from one PEP 691 file object, or None when it is unusable."""
+    target = _file_url(base_url, str(item.get("url", "")))
+    filename = str(item.get("filename", ""))
+    if target is None or not is_safe_filename(filename) or not dist_kind(filename):
+        return None
+    hashes = item.get("hashes") or {}
+    sha = str(hashes.get("sha256", "")).lower() or target[1]
+    meta = item.get("core-metadata", item.get("dist-info-metadata",
+                                               item.get("data-dist-info-metadata")))
+    yanked = item.get("yanked", False)
+    size = item.get("size")
+    return FileEntry(
+        filename=filename, url=target[0],
+        sha256=sha if sha and re.fullmatch(r"[0-9a-f]{64}", sha) else None,
+        requires_python=item.get("requires-python") or None,
+        yanked=(yanked if isinstance(yanked, str) and yanked else "" if yanked else None),
+        size=size if isinstance(size, int) and size >= 0 else None,
+        upload_time=item.get("upload-time") or None,
+        core_metadata=_metadata_value(meta),
+        provenance=item.get("provenance") if isinstance(item.get("provenance"), str) else None,
+        extra={k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS},
+    )
+
+
+def _project_status(value: Any) -> dict[str, str] | None:
+    """A PEP 792 status object, or None when absent or not one of the four words (HTML-8)."""
+    if not isinstance(value, dict) or value.get("status") not in _PROJECT_STATUSES:
+        return None
+    return {k: str(v) for k, v in value.items() if k in ("status", "reason") and v}
+
+
+def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
+    """Parse a PEP 691 project page; ValueError when it is not one."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed JSON page: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise ValueError("malformed JSON page: no 'files' list")
+    files = [e for e in (_entry_from_json(f, base_url) for f in data["files"]
+                         if isinstance(f, dict)) if e]
+    versions = [str(v) for v in data.get("versions") or [] if isinstance(v, (str, int))]
+    return ProjectPage(name, files, versions or versions_of(files), _project_status(
+        data.get("project-status") or (data.get("meta") or {}).get("project-status")))
+
+
+class _LinkParser(HTMLParser):
+    """Collects anchors, `<base href>` and project-status meta tags of a PEP 503 page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: list[dict[str, str | None]] = []
+        self.base: str | None = None
+        self.meta: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "a" and values.get("href"):
+            self.anchors.append(values)
+        elif tag == "base" and values.get("href") and self.base is None:
+            self.base = values["href"]
+        elif tag == "meta" and values.get("name") and values.get("content") is not None:
+            self.meta[str(values["name"])] = str(values["content"])
+
+
+def _entry_from_anchor(attrs: Mapping[str, str | None], base_url: str) -> FileEntry | None:
+    """A FileEntry from one PEP 503 anchor, or None when it is unusable."""
+    target = _file_url(base_url, str(attrs.get("href")))
+    filename = _filename_of(target[0]) if target else None
+    if target is None or filename is None:
+        return None
+    meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+    yanked = attrs.get("data-yanked")
+    return FileEntry(
+        filename=filename, url=target[0], sha256=target[1],
+        requires_python=attrs.get("data-requires-python") or None,
+        yanked=yanked if yanked is not None or "data-yanked" not in attrs else "",
+        core_metadata=_metadata_value(meta) if meta is not None else None,
+        provenance=attrs.get("data-provenance") or None,
+    )
+
+
+def parse_project_html(name: str, body: bytes, base_url: str) -> ProjectPage:
+    """Parse a PEP 503 project page; links resolve against `<base>` or the page URL."""
+    parser = _LinkParser()
+    parser.feed(body.decode("utf-8", "replace"))
+    parser.close()
+    base = urllib.parse.urljoin(base_url, parser.base) if parser.base else base_url
+    files = [e for e in (_entry_from_anchor(a, base) for a in parser.anchors) if e]
+    status = _project_status({"status": parser.meta.get("pypi:project-status"),
+                              "reason": parser.meta.get("pypi:project-status-reason")})
+    return ProjectPage(name, files, versions_of(files), status)
+
+
+def versions_of(files: Iterable[FileEntry]) -> list[str]:
+    """Distinct versions of the files, from their filenames, in release order (UP-11)."""
+    found = set()
+    for entry in files:
+        try:
+            found.add(parse_dist_filename(entry.filename)[1])
+        except ValueError:
+            continue
+    return sorted(found, key=version_key)
+
+
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+def render_project_html(page: ProjectPage, root_rel: str) -> bytes:
+    """PEP 503 page; links are relative (`root_rel` leads from the page to the site root)."""
+    version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
+    lines = ["<!DOCTYPE html>", "<html>", "  <head>",
+             f'    <meta name="pypi:repository-version" content="{version}">']
+    if page.status:
+        lines.append(f'    <meta name="pypi:project-status" content="{_attr(page.status["status"])}">')
+        if page.status.get("reason"):
+            lines.append('    <meta name="pypi:project-status-reason" '
+                         f'content="{_attr(page.status["reason"])}">')
+    lines += [f"    <title>Links for {_attr(page.name)}</title>", "  </head>", "  <body>",
+              f"    <h1>Links for {_attr(page.name)}</h1>"]
+    for entry in page.files:
+        lines.append(f"    {_anchor(entry, root_rel)}<br>")
+    lines += ["  </body>", "</html>", ""]
+    return "\n".join(lines).encode()
+
+
+def _anchor(entry: FileEntry, root_rel: str) -> str:
+    """One `<a>` with every attribute rule of HTML-2..7 applied."""
+    href = root_rel + urllib.parse.quote(entry.path, safe="/+")
+    if entry.sha256:
+        href += f"#sha256={entry.sha256}"
+    attrs = [f'href="{_attr(href)}"']
+    if entry.requires_python:
+        attrs.append(f'data-requires-python="{_attr(entry.requires_python)}"')
+    if entry.yanked is not None:
+        attrs.append(f'data-yanked="{_attr(entry.yanked)}"')  # HTML-4: never bare
+    if entry.core_metadata is not None:
+        value = f"sha256={entry.core_metadata}" if entry.core_metadata else "true"
+        attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
+    if entry.provenance:
+        attrs.append(f'data-provenance="{_attr(entry.provenance)}"')
+    return f"<a {' '.join(attrs)}>{html.escape(entry.filename)}</a>"
+
+
+def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
+    """One PEP 691/700 file object (JSON-2, JSON-3: `core-metadata` only)."""
+    item: dict[str, Any] = dict(entry.extra)
+    item.update({
+        "filename": entry.filename,
+        "url": root_rel + urllib.parse.quote(entry.path, safe="/+"),
+        "hashes": {"sha256": entry.sha256} if entry.sha256 else {},
+        "requires-python": entry.requires_python,
+        "yanked": entry.yanked or (entry.yanked is not None),
+        "core-metadata": ({"sha256": entry.core_metadata} if entry.core_metadata
+                          else entry.core_metadata is not None),
+    })
+    if entry.size is not None:
+        item["size"] = entry.size
+    if entry.upload_time:
+        item["upload-time"] = entry.upload_time
+    if entry.provenance:
+        item["provenance"] = entry.provenance
+    return item
+
+
+def render_project_json(page: ProjectPage, root_rel: str) -> bytes:
+    """PEP 691 JSON page with PEP 700 fields; `name` is normalised (NAME-4)."""
+    version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
+    doc: dict[str, Any] = {"meta": {"api-version": version}, "name": normalize_name(page.name),
+                           "versions": page.versions,
+                           "files": [_json_file(f, root_rel) for f in page.files]}
+    if page.status:
+        doc["project-status"] = page.status
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def render_index_html(names: Iterable[str]) -> bytes:
+    """PEP 503 project list; hrefs are relative to `/simple/` (ROOT-1)."""
+    links = [f'    <a href="{_attr(normalize_name(n))}/">{html.escape(n)}</a><br>'
+             for n in sorted(names)]
+    return "\n".join([
+        "<!DOCTYPE html>", "<html>", "  <head>",
+        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        "    <title>Simple index</title>", "  </head>", "  <body>", *links,
+        "  </body>", "</html>", ""]).encode()
+
+
+def render_index_json(names: Iterable[str]) -> bytes:
+    """PEP 691 project list (ROOT-2)."""
+    return json.dumps({"meta": {"api-version": API_VERSION},
+                       "projects": [{"name": n} for n in sorted(names)]},
+                      separators=(",", ":")).encode()
+
+
+_OFFERS = (JSON_V1, HTML_V1, TEXT_HTML)  # server preference order (NEG-4)
+_ALIASES = {"application/vnd.pypi.simple.latest+json": JSON_V1,
+            "application/vnd.pypi.simple.latest+html": HTML_V1}
+
+
+def _parse_accept(accept: str) -> list[tuple[str, float]]:
+    """[(media range, q)] of an Accept header; malformed entries are dropped (NEG-2)."""
+    ranges = []
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media.count("/") == 1:
+            ranges.append((_ALIASES.get(media, media), q))
+    return ranges
+
+
+def _offer_quality(offer: str, ranges: list[tuple[str, float]]) -> tuple[float, int]:
+    """(q, specificity) the most specific matching range gives `offer`; (0, -1) if none."""
+    best = (0.0, -1)
+    major = offer.split("/")[0]
+    for media, q in ranges:
+        spec = 2 if media == offer else 1 if media == f"{major}/*" else 0 if media == "*/*" else -1
+        if spec > best[1]:
+            best = (q, spec)
+    return best
+
+
+def choose_media_type(accept: str | None, fmt: str | None = None) -> str:
+    """The page type to send for an Accept header or `?format=` (NEG-1..7).
+
+    Highest q wins, then the more specific match, then JSON > v1 HTML > text/html; a winner
+    that matched only `*/*` gets text/html, as PyPI does. Raises NotAcceptable.
+    """
+    if fmt:
+        chosen = _ALIASES.get(fmt.strip().lower(), fmt.strip().lower())
+        if chosen in _OFFERS:
+            return chosen
+        raise NotAcceptable(f"unsupported format {fmt!r}; use one of {', '.join(_OFFERS)}")
+    ranges = _parse_accept(accept if accept and accept.strip() else "*/*")
+    scored = [(_offer_quality(o, ranges), -i, o) for i, o in enumerate(_OFFERS)]
+    (q, spec), _, best = max(scored)
+    if q <= 0:
+        raise NotAcceptable(f"none of {', '.join(_OFFERS)} is acceptable")
+    if spec == 0 and _offer_quality(TEXT_HTML, ranges)[0] >= q:
+        return TEXT_HTML
+    return best
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Inclusive (start, end) of a single `bytes=` range, or None to send the whole file.
+
+    Malformed or multi-range headers are ignored (RFC 9110 §14.2); raises RangeError for
+    an unsatisfiable range (FILE-4).
+    """
+    if not header or not header.strip().lower().startswith("bytes="):
+        return None
+    spec = header.strip()[6:].strip()
+    match = re.fullmatch(r"(\d*)\s*-\s*(\d*)", spec)
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise RangeError(size)
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start > end and last and int(last) < start:
+        return None  # invalid (last < first): ignore the header
+    if start >= size:
+        raise RangeError(size)
+    return start, end
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match against one ETag, with weak comparison and `*` (CACHE-1)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == bare for t in if_none_match.split(","))
+
+
+def make_etag(body: bytes, suffix: str = "") -> str:
+    """A strong ETag of the exact bytes sent (NEG-9: one per representation)."""
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}{suffix}"'
+
+
+def http_date(epoch: float) -> str:
+    """RFC 9110 IMF-fixdate."""
+    return email.utils.formatdate(epoch, usegmt=True)
+
+
+def iso_time(epoch: float) -> str:
+    """PEP 700 upload-time: UTC, microseconds, 'Z'."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc) \
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# =============================================================================
+# 4. AWS Signature Version 4 (pure)
+# =============================================================================
+
+# (publishing lands with the manifest/publish work)
+
+
+# =============================================================================
+# 5. Storage: SQLite index and file store
+# =============================================================================
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY,      -- normalised project name
+    status INTEGER NOT NULL,    -- 200, or 404 (negative cache, CACHE-6)
+    etag TEXT,                  -- upstream ETag, for If-None-Match (CACHE-4)
+    digest TEXT,                -- sha256 of the upstream body, for upstreams without ETag
+    fetched REAL NOT NULL,      -- when upstream last confirmed this page
+    page TEXT                   -- the parsed upstream page, JSON
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,      -- root/pypi/+f/<3>/<13>/<filename> or +f/_url/<digest>/...
+    project TEXT NOT NULL,
+    url TEXT NOT NULL,          -- upstream URL (UP-6: not derivable from the hash)
+    sha256 TEXT,
+    size INTEGER,
+    upstream_metadata TEXT,     -- what upstream advertised: NULL, '' (no hash) or sha256
+    metadata_sha256 TEXT,       -- of the cached .metadata bytes
+    cached INTEGER NOT NULL DEFAULT 0,
+    last_used REAL
+);
+CREATE INDEX IF NOT EXISTS files_project ON files(project);
+CREATE TABLE IF NOT EXISTS local_files (
+    filename TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    project TEXT,
+    version TEXT,
+    sha256 TEXT,
+    requires_python TEXT,
+    metadata BLOB,              -- exact METADATA bytes of a wheel (PEP 658)
+    error TEXT                  -- why the file is not served, if it is not
+);
+"""
+
+
+@dataclass
+class ProjectRow:
+    """A project's upstream state as stored."""
+
+    name: str
+    status: int
+    etag: str | None
+    digest: str | None
+    fetched: float
+    page: ProjectPage | None
+
+
+@dataclass
+class FileRow:
+    """An upstream file pytail knows: where it came from and what is cached."""
+
+    path: str
+    project: str
+    url: str
+    sha256: str | None
+    size: int | None
+    upstream_metadata: str | None
+    metadata_sha256: str | None
+    cached: bool
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class LocalFile:
+    """One file of the own-packages directory, as catalogued."""
+
+    filename: str
+    size: int
+    mtime_ns: int
+    project: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    requires_python: str | None = None
+    metadata: bytes | None = None
+    error: str | None = None
+    yanked: str | None = None
+
+
+def page_to_json(page: ProjectPage) -> str:
+    """Serialise a ProjectPage for the index."""
+    return json.dumps(dataclasses.asdict(page), separators=(",", ":"))
+
+
+def page_from_json(text: str) -> ProjectPage:
+    """Inverse of page_to_json."""
+    data = json.loads(text)
+    files = [FileEntry(**f) for f in data.pop("files")]
+    return ProjectPage(files=files, **data)
+
+
+class Index:
+    """The SQLite database `<cache-dir>/index.sqlite3` (WAL).
+
+    One connection shared by all threads, serialised by a lock (HTTP-3); every public
+    method is one short transaction. A corrupt database is moved aside and rebuilt: file
+    bytes are content-addressed and pages are refetched, so nothing of value is lost.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            aside = f"{path}.corrupt-{int(time.time())}"
+            log.error("index %s is unreadable (%s); moved to %s and rebuilt", path, exc, aside)
+            os.replace(path, aside)
+            self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("SELECT count(*) FROM projects").fetchone()
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def project(self, name: str) -> ProjectRow | None:
+        """The stored state of one project, or None."""
+        rows = self._rows("SELECT name, status, etag, digest, fetched, page FROM projects "
+                          "WHERE name = ?", (name,))
+        if not rows:
+            return None
+        name, status, etag, digest, fetched, page = rows[0]
+        return ProjectRow(name, status, etag, digest, fetched,
+                          page_from_json(page) if page else None)
+
+    def cached_projects(self) -> list[str]:
+        """Names of upstream projects with a stored page."""
+        return [r[0] for r in self._rows("SELECT name FROM projects WHERE status = 200")]
+
+    def save_project(self, row: ProjectRow) -> None:
+        """Store a fetched page and register its files (keeping what is known of them)."""
+        files = [(f.path, row.name, f.url, f.sha256, f.size, f.core_metadata)
+                 for f in (row.page.files if row.page else [])]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO projects VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.name, row.status, row.etag, row.digest, row.fetched,
+                     page_to_json(row.page) if row.page else None))
+                self._db.executemany(
+                    "INSERT INTO files (path, project, url, sha256, size, upstream_metadata) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "url = excluded.url, upstream_metadata = excluded.upstream_metadata, "
+                    "size = coalesce(files.size, excluded.size)", files)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def touch_project(self, name: str, fetched: float) -> None:
+        """Upstream said 304: the stored page is fresh again."""
+        self._rows("UPDATE projects SET fetched = ? WHERE name = ?", (fetched, name))
+
+    _FILE_COLS = "path, project, url, sha256, size, upstream_metadata, metadata_sha256, cached"
+
+    def file(self, path: str) -> FileRow | None:
+        """The row of one upstream file by its site path."""
+        rows = self._rows(f"SELECT {self._FILE_COLS} FROM files WHERE path = ?", (path,))
+        return FileRow(*rows[0][:7], bool(rows[0][7])) if rows else None
+
+    def project_files(self, name: str) -> dict[str, FileRow]:
+        """Every file row of a project, by path."""
+        rows = self._rows(f"SELECT {self._FILE_COLS} FROM files WHERE project = ?", (name,))
+        return {r[0]: FileRow(*r[:7], bool(r[7])) for r in rows}
+
+    def mark_cached(self, path: str, sha256: str, size: int, when: float) -> None:
+        """The file's verified bytes are on disk."""
+        self._rows("UPDATE files SET cached = 1, sha256 = ?, size = ?, last_used = ? "
+                   "WHERE path = ?", (sha256, size, when, path))
+
+    def set_metadata(self, path: str, sha256: str) -> None:
+        """The file's `.metadata` is on disk with this hash."""
+        self._rows("UPDATE files SET metadata_sha256 = ? WHERE path = ?", (sha256, path))
+
+    def local_file(self, filename: str, size: int, mtime_ns: int) -> LocalFile | None:
+        """The catalogue entry of an own-package file, if its size and mtime still match."""
+        rows = self._rows(
+            "SELECT filename, size, mtime_ns, project, version, sha256, requires_python, "
+            "metadata, error FROM local_files WHERE filename = ? AND size = ? AND mtime_ns = ?",
+            (filename, size, mtime_ns))
+        return LocalFile(*rows[0]) if rows else None
+
+    def save_local_file(self, entry: LocalFile) -> None:
+        """Remember what reading an own-package file found."""
+        self._rows("INSERT OR REPLACE INTO local_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (entry.filename, entry.size, entry.mtime_ns, entry.project, entry.version,
+                    entry.sha256, entry.requires_python, entry.metadata, entry.error))
+
+
+class FileStore:
+    """File bytes under `<cache-dir>/+files/`, written atomically.
+
+    Every write goes to `<cache-dir>/+tmp/`, is hashed while it streams and is renamed into
+    place only after it checks out; leftovers in `+tmp` are removed at start. Paths are
+    resolved and confined to the store, so no site path can name a file outside it.
+    Thread-safe: it keeps no state beyond its directories.
+    """
+
+    def __init__(self, cache_dir: str) -> None:
+        self.root = os.path.realpath(os.path.join(cache_dir, "+files"))
+        self.tmp = os.path.realpath(os.path.join(cache_dir, "+tmp"))
+        os.makedirs(self.root, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp, exist_ok=True)
+
+    def path(self, site_path: str) -> str:
+        """The disk path of a site path; BadRequest if it would leave the store."""
+        full = os.path.realpath(os.path.join(self.root, site_path))
+        if not full.startswith(self.root + os.sep):
+            raise BadRequest("path outside the cache")
+        return full
+
+    def exists(self, site_path: str) -> bool:
+        return os.path.isfile(self.path(site_path))
+
+    def temp(self) -> tuple[BinaryIO, str]:
+        """A new temporary file in the store's tmp directory; the caller closes it."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        return os.fdopen(fd, "w+b"), name
+
+    def commit(self, temp_name: str, site_path: str) -> str:
+        """Move a verified temporary file to its place; returns the final disk path."""
+        final = self.path(site_path)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(temp_name, final)
+        return final
+
+    def write(self, site_path: str, data: bytes) -> str:
+        """Store small bytes (a `.metadata` file) atomically."""
+        handle, name = self.temp()
+        try:
+            with handle:
+                handle.write(data)
+            return self.commit(name, site_path)
+        except BaseException:
+            discard(name)
+            raise
+
+
+def discard(path: str) -> None:
+    """Remove a file if it exists."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# =============================================================================
+# 6. Upstream client
+# =============================================================================
+
+
+@dataclass
+class Fetched:
+    """A complete upstream answer: status, lower-cased headers, body and final URL."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    url: str
+
+
+class Response:
+    """An open upstream response to stream; `close()` returns its connection to the pool."""
+
+    def __init__(self, upstream: Upstream, key: tuple[str, str, int],
+                 conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                 url: str) -> None:
+        self._upstream, self._key, self._conn, self._resp = upstream, key, conn, resp
+        self.status = resp.status
+        self.headers = {k.lower(): v for k, v in resp.getheaders()}
+        self.url = url
+
+    @property
+    def length(self) -> int | None:
+        value = self.headers.get("content-length", "")
+        return int(value) if value.isdigit() else None
+
+    def read(self, size: int = CHUNK) -> bytes:
+        return self._resp.read(size)
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body (decoded from gzip if so sent), at most `limit` bytes."""
+        data = self._resp.read(limit + 1)
+        if len(data) > limit:
+            raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            try:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                data = inflater.decompress(data, limit + 1)
+            except zlib.error as exc:
+                raise UpstreamError(f"{self.url}: bad gzip body: {exc}") from None
+            if len(data) > limit:
+                raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+        return data
+
+    def close(self) -> None:
+        """Keep the connection for reuse if the body was read to the end, else drop it."""
+        if self._resp.isclosed() and not self._resp.will_close:
+            self._upstream._release(self._key, self._conn)
+        else:
+            self._conn.close()
+
+
+class Upstream:
+    """HTTP client for the upstream index and its file hosts.
+
+    Keeps idle HTTP/1.1 connections per host for reuse, follows at most MAX_REDIRECTS
+    redirects, never forwards client credentials (UP-9), and raises UpstreamError for
+    network errors and timeouts. Thread-safe: the pool is guarded by a lock.
+    """
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self.simple_base = simple_base_url(base_url)
+        self.timeout = timeout
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def page_url(self, name: str) -> str:
+        """Upstream URL of a project page, always normalised and slashed (UP-9)."""
+        return f"{self.simple_base}{urllib.parse.quote(name)}/"
+
+    def _connect(self, key: tuple[str, str, int]) -> http.client.HTTPConnection:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        scheme, host, port = key
+        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        return cls(host, port, timeout=self.timeout)
+
+    def _release(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < 8:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> Response:
+        """One request, retried once on a fresh connection if a pooled one went stale."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamError(f"refusing to fetch {url!r}")
+        key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"User-Agent": f"pytail/{__version__}", **headers}
+        for attempt in (0, 1):
+            conn = self._connect(key)
+            try:
+                conn.request(method, target, headers=headers)
+                return Response(self, key, conn, conn.getresponse(), url)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if attempt:
+                    raise UpstreamError(f"{url}: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                kind = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                raise UpstreamError(f"{url}: {kind}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def open(self, url: str, headers: dict[str, str], method: str = "GET") -> Response:
+        """Send a request, following redirects; the caller reads and closes the Response."""
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._send(method, url, headers)
+            location = resp.headers.get("location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                return resp
+            resp.read_all(MAX_METADATA_BYTES)
+            resp.close()
+            url = urllib.parse.urljoin(url, location)
+        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def fetch(self, url: str, headers: dict[str, str], limit: int) -> Fetched:
+        """GET a whole (small) body; 5xx raises UpstreamError."""
+        resp = self.open(url, {"Accept-Encoding": "gzip", **headers})
+        try:
+            if resp.status >= 500:
+                raise UpstreamError(f"{url}: upstream answered HTTP {resp.status}")
+            body = resp.read_all(limit) if resp.status == 200 else b""
+            return Fetched(resp.status, resp.headers, body, resp.url)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(f"{url}: {exc or type(exc).__name__}") from None
+        finally:
+            resp.close()
+
+    def get_page(self, name: str, etag: str | None) -> Fetched:
+        """Conditional GET of a project page, preferring PEP 691 JSON (UP-9, CACHE-4)."""
+        headers = {"Accept": UPSTREAM_ACCEPT}
+        if etag:
+            headers["If-None-Match"] = etag
+        return self.fetch(self.page_url(name), headers, MAX_PAGE_BYTES)
+
+
+def simple_base_url(base_url: str) -> str:
+    """The Simple API base of an origin (`https://pypi.org` -> `/simple/`) or index URL."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream URL must be http(s)://host[/path], got {base_url!r}")
+    if parts.path in ("", "/"):
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/simple/", "", ""))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/",
+                                    "", ""))
+
+
+def parse_page(name: str, fetched: Fetched) -> ProjectPage:
+    """A ProjectPage from an upstream answer, by its Content-Type (UP-9); ValueError if bad."""
+    ctype = fetched.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == JSON_V1 or (ctype.endswith("json") and fetched.body.lstrip()[:1] == b"{"):
+        return parse_project_json(name, fetched.body, fetched.url)
+    return parse_project_html(name, fetched.body, fetched.url)
+
+
+# =============================================================================
+# 7. Own packages and the cache policy
+# =============================================================================
+
+STREAM_AFTER_SECS = 2.0  # a download finished by then gets a clean 200 or 502 (no tail)
+
+
+class StorageError(PytailError):
+    """The cache could not be written (disk full, permissions)."""
+
+    status = 503
+
+
+class KeyedLocks:
+    """One lock per key (project name, file path), created on demand, dropped when idle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, list[Any]] = {}
+
+    def acquire(self, key: str) -> threading.Lock:
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        return entry[0]
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            entry = self._locks[key]
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
+        entry[0].release()
+
+
+def metadata_sha(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def hash_file(path: str) -> str:
+    """sha256 hex of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_local_file(path: str, filename: str, size: int, mtime_ns: int) -> LocalFile:
+    """Catalogue one own-package file: project, version, sha256, metadata (FN-1..11)."""
+    entry = LocalFile(filename, size, mtime_ns)
+    try:
+        entry.sha256 = hash_file(path)
+        if dist_kind(filename) == "wheel":
+            entry.project, entry.version = parse_wheel_filename(filename)
+            entry.metadata = wheel_metadata(path, entry.project)
+            fields = parse_metadata_fields(entry.metadata)
+        else:
+            raw = sdist_pkg_info(path)
+            fields = parse_metadata_fields(raw) if raw else {}
+            entry.project, entry.version = parse_sdist_filename(filename, fields.get("Name"))
+        meta_name = normalize_name(fields.get("Name", entry.project))
+        if meta_name != entry.project:  # META-4: clients would reject it
+            raise ValueError(f"metadata Name {fields.get('Name')!r} does not match the filename")
+        entry.requires_python = fields.get("Requires-Python") or None
+    except (ValueError, OSError) as exc:
+        entry.error = str(exc)
+    return entry
+
+
+class LocalPackages:
+    """The own-packages directory, catalogued by project.
+
+    Each file is read once per (filename, size, mtime) and the result kept in the index, so
+    thousands of files are hashed once. The directory is re-listed when its mtime changes or
+    every LOCAL_RESCAN_SECS; a project page request also stats that project's files, so an
+    in-place replacement shows on the next request. Thread-safe (one lock for rescans).
+    """
+
+    def __init__(self, directory: str, index: Index, clock: Callable[[], float]) -> None:
+        self.dir = os.path.realpath(directory)
+        self._index, self._clock = index, clock
+        self._lock = threading.Lock()
+        self._files: dict[str, LocalFile] = {}
+        self._projects: dict[str, list[LocalFile]] = {}
+        self._seen: tuple[int, float] = (-1, 0.0)  # (directory mtime_ns, scan time)
+        self._reported: set[tuple[str, int, int]] = set()
+
+    def _refresh(self, force: bool = False) -> None:
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except OSError:
+            mtime = -2
+        now = self._clock()
+        if not force and mtime == self._seen[0] and now - self._seen[1] < LOCAL_RESCAN_SECS:
+            return
+        with self._lock:
+            self._scan()
+            self._seen = (mtime, now)
+
+    def _scan(self) -> None:
+        files: dict[str, LocalFile] = {}
+        yanks: set[str] = set()
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError as exc:
+            log.error("cannot list packages directory %s: %s", self.dir, exc)
+            entries = []
+        for item in entries:
+            if item.name.endswith(".yanked") and not item.name.startswith("."):
+                yanks.add(item.name[: -len(".yanked")])
+            elif dist_kind(item.name) and item.is_file(follow_symlinks=False):
+                stat = item.stat()
+                files[item.name] = self._catalogue(item.path, item.name, stat)
+        for name, entry in files.items():
+            entry.yanked = self._yank_reason(name) if name in yanks else None
+        projects: dict[str, list[LocalFile]] = {}
+        for entry in sorted(files.values(), key=lambda e: e.filename):
+            if entry.project and not entry.error:
+                projects.setdefault(entry.project, []).append(entry)
+        self._files, self._projects = files, projects
+
+    def _catalogue(self, path: str, filename: str, stat: os.stat_result) -> LocalFile:
+        known = self._files.get(filename)
+        if known and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            return known
+        entry = self._index.local_file(filename, stat.st_size, stat.st_mtime_ns)
+        if entry is None:
+            entry = read_local_file(path, filename, stat.st_size, stat.st_mtime_ns)
+            self._index.save_local_file(entry)
+        key = (filename, stat.st_size, stat.st_mtime_ns)
+        if entry.error and key not in self._reported:
+            self._reported.add(key)
+            log.warning("packages: ignoring %s: %s", filename, entry.error)
+        return entry
+
+    def _yank_reason(self, filename: str) -> str:
+        """A sidecar `<filename>.yanked` yanks the file; its text is the reason."""
+        try:
+            with open(os.path.join(self.dir, filename + ".yanked"), "rb") as handle:
+                return handle.read(1000).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def projects(self) -> list[str]:
+        """Normalised names of every local project."""
+        self._refresh()
+        return list(self._projects)
+
+    def files(self, name: str) -> list[LocalFile] | None:
+        """The project's files, checked against the disk; None if it is not local."""
+        self._refresh()
+        files = self._projects.get(name)
+        if files and not all(self._unchanged(f) for f in files):
+            self._refresh(force=True)
+            files = self._projects.get(name)
+        return files
+
+    def _unchanged(self, entry: LocalFile) -> bool:
+        try:
+            stat = os.stat(os.path.join(self.dir, entry.filename))
+        except OSError:
+            return False
+        return (stat.st_size, stat.st_mtime_ns) == (entry.size, entry.mtime_ns)
+
+    def file(self, filename: str) -> LocalFile:
+        """A servable local file by name; NotFound otherwise."""
+        self._refresh()
+        entry = self._files.get(filename)
+        if entry is None or entry.error or not self._unchanged(entry):
+            self._refresh(force=True)
+            entry = self._files.get(filename)
+        if entry is None or entry.error:
+            raise NotFound(f"no package file {filename!r}")
+        return entry
+
+    def path(self, entry: LocalFile) -> str:
+        return os.path.join(self.dir, entry.filename)
+
+
+def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
+    """The Simple API page of an own project (FN-10, FN-11, JSON-5)."""
+    entries = [FileEntry(
+        filename=f.filename, path=PACKAGES_PREFIX + f.filename, sha256=f.sha256,
+        requires_python=f.requires_python, yanked=f.yanked, size=f.size,
+        upload_time=iso_time(f.mtime_ns / 1e9), core_metadata=metadata_sha(f.metadata),
+    ) for f in files]
+    return ProjectPage(name, entries, versions_of(entries))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One rendered representation of a page, plain and gzipped, with ETags."""
+
+    body: bytes
+    etag: str
+    gzipped: bytes | None
+    etag_gz: str | None
+
+
+def make_variant(body: bytes) -> Variant:
+    """Render-once bytes for a page; gzip only where it pays (HTTP-4)."""
+    if len(body) < 1024:
+        return Variant(body, make_etag(body), None, None)
+    packed = gzip.compress(body, 6, mtime=0)
+    return Variant(body, make_etag(body), packed, make_etag(body, "-gz"))
+
+
+@dataclass
+class PageState:
+    """What pytail serves for one project right now, and its rendered forms."""
+
+    name: str
+    page: ProjectPage | None  # None: upstream said 404
+    fetched: float
+    etag: str | None = None
+    digest: str | None = None
+    local: bool = False
+    rendered: dict[tuple[str, str], Variant] = field(default_factory=dict)
+
+
+def assign_paths(page: ProjectPage) -> ProjectPage:
+    """Give upstream files their devpi-style site paths (URL-5, UP-10); drop duplicates."""
+    seen: set[str] = set()
+    files = []
+    for entry in page.files:
+        entry.path = sha_path(entry.sha256, entry.filename) if entry.sha256 else \
+            f"{FILES_PREFIX}_url/{url_digest(entry.url)}/{entry.filename}"
+        if entry.path not in seen:
+            seen.add(entry.path)
+            files.append(entry)
+    page.files = files
+    return page
+
+
+class ProjectCache:
+    """The proxy's page policy: local first, then fresh cache, revalidation, stale-if-error.
+
+    Pages live in SQLite and, recently used, in memory with their rendered bytes, so a
+    warm hit is a dictionary lookup. A lock per project makes N concurrent misses one
+    upstream request. `clock` is injected. Thread-safe.
+    """
+
+    def __init__(self, index: Index, upstream: Upstream | None, local: LocalPackages | None,
+                 ttl: float, clock: Callable[[], float]) -> None:
+        self.index, self.upstream, self.local = index, upstream, local
+        self.ttl, self.clock = ttl, clock
+        self._memory: OrderedDict[str, PageState] = OrderedDict()
+        self._memory_lock = threading.Lock()
+        self._locks = KeyedLocks()
+
+    def _remember(self, state: PageState) -> PageState:
+        with self._memory_lock:
+            self._memory[state.name] = state
+            self._memory.move_to_end(state.name)
+            while len(self._memory) > RENDER_CACHE_ENTRIES:
+                self._memory.popitem(last=False)
+        return state
+
+    def _stored(self, name: str) -> PageState | None:
+        with self._memory_lock:
+            state = self._memory.get(name)
+            if state:
+                self._memory.move_to_end(name)
+                return state
+        row = self.index.project(name)
+        if row is None:
+            return None
+        return self._remember(PageState(name, row.page, row.fetched, row.etag, row.digest))
+
+    def _fresh(self, state: PageState | None, min_fetched: float) -> bool:
+        if state is None or state.fetched < min_fetched:
+            return False
+        ttl = self.ttl if state.page is not None else NEGATIVE_TTL
+        return self.upstream is None or self.clock() - state.fetched < ttl
+
+    def lookup(self, name: str, min_fetched: float = 0.0) -> tuple[PageState, str]:
+        """The page to serve for a normalised name and the cache outcome; NotFound if none."""
+        if self.local:
+            files = self.local.files(name)
+            if files:  # a local name shadows upstream completely (dependency confusion)
+                return self._local_state(name, files), "LOCAL"
+        state = self._stored(name)
+        outcome = "HIT"
+        if not self._fresh(state, min_fetched):
+            self._locks.acquire(name)
+            try:
+                state = self._stored(name)
+                if not self._fresh(state, min_fetched):
+                    state, outcome = self._refresh(name, state)
+            finally:
+                self._locks.release(name)
+        assert state is not None
+        if state.page is None:
+            raise NotFound(f"project {name!r} not found")
+        return state, outcome
+
+    def _local_state(self, name: str, files: list[LocalFile]) -> PageState:
+        signature = str([(f.filename, f.size, f.mtime_ns, f.yanked) for f in files])
+        with self._memory_lock:
+            state = self._memory.get("+local/" + name)
+        if state is None or state.digest != signature:
+            state = PageState("+local/" + name, local_page(name, files), 0.0, None,
+                              signature, local=True)
+            self._remember(state)
+        return state
+
+    def _refresh(self, name: str, state: PageState | None) -> tuple[PageState, str]:
+        """Ask upstream (under the project's lock); serve what we have if it fails."""
+        if self.upstream is None:
+            if state is None:
+                raise NotFound(f"project {name!r} is not cached (offline)")
+            return state, "HIT"
+        try:
+            fetched = self.upstream.get_page(name, state.etag if state and state.page else None)
+            return self._apply(name, state, fetched)
+        except (UpstreamError, StorageError) as exc:
+            if state is None or state.page is None:
+                raise
+            log.warning("upstream failed for %s, serving the cached page: %s", name, exc)
+            return state, "STALE"
+
+    def _apply(self, name: str, state: PageState | None,
+               fetched: Fetched) -> tuple[PageState, str]:
+        now = self.clock()
+        if fetched.status == 304 and state and state.page:
+            self.index.touch_project(name, now)
+            state.fetched = now
+            return state, "REVALIDATED"
+        if fetched.status == 404:
+            self.index.save_project(ProjectRow(name, 404, None, None, now, None))
+            return self._remember(PageState(name, None, now)), "MISS"
+        if fetched.status != 200:
+            raise UpstreamError(f"upstream answered HTTP {fetched.status} for {name!r}")
+        digest = hashlib.sha256(fetched.body).hexdigest()
+        if state and state.page and digest == state.digest:  # CACHE-4 without ETag
+            self.index.touch_project(name, now)
+            state.fetched = now
+            return state, "REVALIDATED"
+        try:
+            page = assign_paths(parse_page(name, fetched))
+        except ValueError as exc:
+            raise UpstreamError(f"upstream page for {name!r} is unusable: {exc}") from None
+        etag = fetched.headers.get("etag")
+        self.index.save_project(ProjectRow(name, 200, etag, digest, now, page))
+        return self._remember(PageState(name, page, now, etag, digest)), "MISS"
+
+    def variant(self, state: PageState, media: str, root_rel: str) -> Variant:
+        """The rendered page for one media type and link base, rendered once per change."""
+        key = (media, root_rel)
+        found = state.rendered.get(key)
+        if found is None:
+            assert state.page is not None
+            page = state.page if state.local else self._decorate(state.page)
+            body = render_project_json(page, root_rel) if media == JSON_V1 \
+                else render_project_html(page, root_rel)
+            found = state.rendered[key] = make_variant(body)
+        return found
+
+    def _decorate(self, page: ProjectPage) -> ProjectPage:
+        """Add what pytail knows locally: metadata of cached wheels (META-7), sizes; offline,
+        list only files whose bytes are here."""
+        rows = self.index.project_files(normalize_name(page.name))
+        files = []
+        for entry in page.files:
+            row = rows.get(entry.path)
+            if self.upstream is None and not (row and row.cached):
+                continue
+            if row and (row.metadata_sha256 or (entry.size is None and row.size is not None)):
+                entry = dataclasses.replace(
+                    entry, core_metadata=row.metadata_sha256 or entry.core_metadata,
+                    size=entry.size if entry.size is not None else row.size)
+            files.append(entry)
+        if len(files) == len(page.files):
+            return dataclasses.replace(page, files=files)
+        return dataclasses.replace(page, files=files, versions=versions_of(files))
+
+    def invalidate(self, name: str) -> None:
+        """Drop the rendered bytes of a project (its file knowledge changed)."""
+        with self._memory_lock:
+            state = self._memory.get(name)
+        if state:
+            state.rendered = {}
+
+    def find_file(self, path: str) -> FileRow:
+        """The row of an upstream file; an unknown path refreshes its project first (URL-7)."""
+        row = self.index.file(path)
+        if row is None and self.upstream is not None:
+            project = guess_project(path.rsplit("/", 1)[-1])
+            if project:
+                try:
+                    self.lookup(project, min_fetched=self.clock() - NEGATIVE_TTL)
+                except PytailError:
+                    pass
+                row = self.index.file(path)
+        if row is None:
+            raise NotFound(f"unknown file {path.rsplit('/', 1)[-1]!r}")
+        return row
+
+    def projects(self) -> list[str]:
+        """Every project the index lists: local ones and cached upstream ones (ROOT-4)."""
+        names = set(self.index.cached_projects())
+        if self.local:
+            names.update(self.local.projects())
+        return sorted(names)
+
+
+class Download:
+    """One upstream file on its way into the cache; readers tail the temporary file.
+
+    The fetching thread reports progress under `cond`; readers get everything written so
+    far but the last byte, which is released only once the sha256 checked out, so a
+    client never receives a complete body that failed verification.
+    """
+
+    def __init__(self, row: FileRow) -> None:
+        self.row = row
+        self.cond = threading.Condition()
+        self.temp_name: str | None = None
+        self.final: str | None = None
+        self.length: int | None = None
+        self.written = 0
+        self.done = False
+        self.error: PytailError | None = None
+
+    def begin(self, temp_name: str, length: int | None) -> None:
+        with self.cond:
+            self.temp_name, self.length = temp_name, length
+            self.cond.notify_all()
+
+    def progress(self, written: int) -> None:
+        with self.cond:
+            self.written = written
+            self.cond.notify_all()
+
+    def finish(self, error: PytailError | None, commit: Callable[[], str] | None = None) -> None:
+        with self.cond:
+            if commit is not None and error is None:
+                self.final = commit()
+            self.error, self.done = error, True
+            self.cond.notify_all()
+
+    def wait(self, until: Callable[[], bool], timeout: float) -> None:
+        """Wait for a condition on this download, raising its error if it failed."""
+        with self.cond:
+            self.cond.wait_for(lambda: until() or self.done, timeout)
+            if self.error:
+                raise self.error
+
+    def chunks(self, timeout: float) -> Iterator[bytes]:
+        """The body as it arrives; raises the download's error, even mid-stream."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.temp_name is not None or self.done, timeout)
+            if self.error or not (self.final or self.temp_name):
+                raise self.error or UpstreamError("download did not start")
+            handle = open(self.final or str(self.temp_name), "rb")
+        sent = 0
+        with handle:
+            while True:
+                with self.cond:
+                    if not self.cond.wait_for(
+                            lambda: self.done or self.written - 1 > sent, timeout):
+                        raise UpstreamError(f"{self.row.url}: timed out")
+                    if self.error:
+                        raise self.error
+                    limit = self.written if self.done else self.written - 1
+                if sent >= limit:
+                    return
+                data = handle.read(min(limit - sent, CHUNK))
+                if not data:
+                    raise UpstreamError(f"{self.row.url}: cache file vanished")
+                sent += len(data)
+                yield data
+
+
+class FileFetcher:
+    """Single-flight downloads of upstream files and their `.metadata` (FILE-1, FILE-7).
+
+    The first request for a file starts one background download; every request for it,
+    first or not, reads the same stream. Bytes are checked against the index's sha256
+    before the file is renamed into the cache. Thread-safe.
+    """
+
+    def __init__(self, cache: ProjectCache, store: FileStore) -> None:
+        self.cache, self.store = cache, store
+        self.index = cache.index
+        self._active: dict[str, Download] = {}
+        self._lock = threading.Lock()
+        self._meta_locks = KeyedLocks()
+
+    def download(self, row: FileRow) -> Download:
+        """The running download of this file, started if there is none."""
+        with self._lock:
+            current = self._active.get(row.path)
+            if current is None:
+                current = self._active[row.path] = Download(row)
+                threading.Thread(target=self._run, args=(current,), daemon=True,
+                                 name=f"download {row.filename}").start()
+        return current
+
+    def _run(self, download: Download) -> None:
+        try:
+            self._fetch(download)
+        except PytailError as exc:
+            log.error("download of %s failed: %s", download.row.url, exc)
+            download.finish(exc)
+        except Exception as exc:  # pragma: no cover - defensive: never leave readers hanging
+            log.exception("download of %s crashed", download.row.url)
+            download.finish(UpstreamError(f"{download.row.url}: {exc}"))
+        finally:
+            with self._lock:
+                self._active.pop(download.row.path, None)
+
+    def _fetch(self, download: Download) -> None:
+        row = download.row
+        upstream = self.cache.upstream
+        if upstream is None:
+            raise NotFound(f"{row.filename} is not cached (offline)")
+        resp = upstream.open(row.url, {"Accept-Encoding": "identity"})
+        try:
+            if resp.status != 200:
+                raise UpstreamError(f"{row.url}: upstream answered HTTP {resp.status}")
+            handle, temp = self.store.temp()
+            try:
+                sha, size = self._copy(resp, handle, download, temp)
+                self._verify(row, resp.length, sha, size)
+                download.finish(None, lambda: self._commit(temp, row, sha, size))
+            finally:
+                discard(temp)
+        finally:
+            resp.close()
+        self._metadata_from_wheel(row)
+
+    def _commit(self, temp: str, row: FileRow, sha: str, size: int) -> str:
+        final = self.store.commit(temp, row.path)
+        self.index.mark_cached(row.path, sha, size, self.cache.clock())
+        return final
+
+    def _copy(self, resp: Response, handle: BinaryIO, download: Download,
+              temp: str) -> tuple[str, int]:
+        """Stream the body to the temporary file, hashing as it goes."""
+        digest, size = hashlib.sha256(), 0
+        with handle:
+            download.begin(temp, resp.length if resp.length is not None else download.row.size)
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise UpstreamError(f"{download.row.url}: {exc or type(exc).__name__}") \
+                        from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                try:
+                    handle.write(chunk)
+                    handle.flush()
+                except OSError as exc:
+                    raise StorageError(f"cannot write the cache: {exc}") from None
+                size += len(chunk)
+                download.progress(size)
+        return digest.hexdigest(), size
+
+    @staticmethod
+    def _verify(row: FileRow, length: int | None, sha: str, size: int) -> None:
+        if length is not None and size != length:
+            raise UpstreamError(f"{row.url}: body ended after {size} of {length} bytes")
+        if row.sha256 and sha != row.sha256:
+            raise UpstreamError(f"{row.url}: sha256 mismatch (index {row.sha256}, got {sha}); "
+                                "not cached")
+
+    def _metadata_from_wheel(self, row: FileRow) -> str | None:
+        """Extract METADATA from a cached wheel and keep it as `.metadata` (META-3, META-7).
+
+        Used when upstream advertised no metadata, or advertised the same hash.
+        """
+        if row.metadata_sha256 or dist_kind(row.filename) != "wheel":
+            return row.metadata_sha256
+        try:
+            name = parse_wheel_filename(row.filename)[0]
+            data = wheel_metadata(self.store.path(row.path), name)
+        except ValueError:
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        if row.upstream_metadata and row.upstream_metadata != sha:
+            return None
+        self.store.write(row.path + ".metadata", data)
+        self.index.set_metadata(row.path, sha)
+        self.cache.invalidate(row.project)
+        return sha
+
+    def metadata(self, row: FileRow) -> str:
+        """Disk path of the file's `.metadata`, fetched and verified once; NotFound if none."""
+        key = row.path + ".metadata"
+        self._meta_locks.acquire(key)
+        try:
+            row = self.index.file(row.path) or row
+            if row.metadata_sha256 and self.store.exists(key):
+                return self.store.path(key)
+            if row.cached and self._metadata_from_wheel(row):
+                return self.store.path(key)
+            if row.upstream_metadata is None or self.cache.upstream is None:
+                raise NotFound(f"no metadata for {row.filename}")
+            return self._fetch_metadata(row, key)
+        finally:
+            self._meta_locks.release(key)
+
+    def _fetch_metadata(self, row: FileRow, key: str) -> str:
+        assert self.cache.upstream is not None
+        fetched = self.cache.upstream.fetch(row.url + ".metadata", {}, MAX_METADATA_BYTES)
+        if fetched.status != 200:
+            raise UpstreamError(f"{row.url}.metadata: upstream answered HTTP {fetched.status}")
+        sha = hashlib.sha256(fetched.body).hexdigest()
+        if row.upstream_metadata and sha != row.upstream_metadata:
+            raise UpstreamError(f"{row.url}.metadata: sha256 mismatch; not cached")
+        path = self.store.write(key, fetched.body)
+        self.index.set_metadata(row.path, sha)
+        self.cache.invalidate(row.project)
+        return path
+
+
+# =============================================================================
+# 8. HTTP layer
+# =============================================================================
+
+_SIMPLE_BASES = (("/simple/", "../../"), ("/root/pypi/+simple/", "../../../../"))
+_FILE_PATH_RE = re.compile(r"root/pypi/\+f/(?:[0-9a-f]{3}/[0-9a-f]{13}|_url/[0-9a-f]{16})/"
+                           r"([^/]+)\Z")
+_BAD_ESCAPES_RE = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+MAX_PATH = 2048
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                 b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
+                 b"server is too busy\n")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a request path asks for. `kind` names the Handler method that serves it."""
+
+    kind: str
+    name: str = ""  # project (normalised)
+    path: str = ""  # site path of an upstream file, or an own file's name
+    root_rel: str = ""  # from the page to the site root, for relative links (HTML-10)
+    location: str = ""  # redirect target
+    query: str = ""
+
+
+def match_route(target: str) -> Route:
+    """Route a request target, percent-decoded first (URL-3); BadRequest or NotFound."""
+    raw_path, _, query = target.partition("?")
+    if len(target) > MAX_PATH:
+        raise BadRequest("request path too long")
+    if _BAD_ESCAPES_RE.search(raw_path):
+        raise BadRequest("encoded '/', '\\' or NUL in the path")
+    path = urllib.parse.unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
+    segments = path.split("/")
+    if not path.startswith("/") or "\\" in path or any(
+            s in (".", "..") or any(ord(c) < 32 for c in s) for s in segments):
+        raise BadRequest("unsafe request path")
+    suffix = f"?{query}" if query else ""
+    if path == "/":
+        return Route("landing")
+    if path == "/health":
+        return Route("health")
+    for base, root_rel in _SIMPLE_BASES:
+        if path == base[:-1]:
+            return Route("redirect", location=base + suffix)  # URL-2
+        if path == base:
+            return Route("index", query=query)
+        if path.startswith(base):
+            return _project_route(path[len(base):], base, root_rel, query)
+    return _file_route(path[1:])
+
+
+def _project_route(rest: str, base: str, root_rel: str, query: str) -> Route:
+    name = rest[:-1] if rest.endswith("/") else rest
+    if "/" in name or not is_valid_name(name):
+        raise NotFound(f"no such project {name!r}")
+    normal = normalize_name(name)
+    if name != normal or not rest.endswith("/"):  # URL-2, NAME-3
+        suffix = f"?{query}" if query else ""
+        return Route("redirect", location=f"{base}{urllib.parse.quote(normal)}/{suffix}")
+    return Route("project", name=normal, root_rel=root_rel, query=query)
+
+
+def _file_route(site: str) -> Route:
+    meta = site.endswith(".metadata")  # URL-6
+    base = site[: -len(".metadata")] if meta else site
+    if base.startswith(FILES_PREFIX):
+        match = _FILE_PATH_RE.match(base)
+        if match and is_safe_filename(match.group(1)):
+            return Route("metadata" if meta else "file", path=base)
+    elif base.startswith(PACKAGES_PREFIX):
+        filename = base[len(PACKAGES_PREFIX):]
+        if is_safe_filename(filename):
+            return Route("local_metadata" if meta else "local_file", path=filename)
+    raise NotFound("no such page")
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """True when Accept-Encoding admits gzip with q > 0."""
+    for media, q in _parse_accept((header or "").replace("gzip", "gzip/x")):
+        if media in ("gzip/x", "*/*") and q > 0:
+            return True
+    return False
+
+
+def landing_html(projects: int, base: str) -> bytes:
+    """A short page for people who open the index in a browser."""
+    index = html.escape(base + "simple/")
+    return (
+        "<!DOCTYPE html>\n<html><head><title>pytail</title></head><body>\n"
+        f"<h1>pytail {__version__}</h1>\n<p>A Python package index: "
+        f"{projects} projects known. Simple API at <a href=\"simple/\">{index}</a>.</p>\n"
+        f"<pre>pip install --index-url {index} PACKAGE\n"
+        f"uv pip install --index-url {index} PACKAGE</pre>\n</body></html>\n").encode()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Thin HTTP front: route, ask the services on `self.server`, send (GET and HEAD, URL-8).
+
+    HTTP/1.1 keep-alive with an exact Content-Length on every response (HTTP-2). Errors
+    are PytailError subclasses, turned into statuses in `_send_error` only.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"pytail/{__version__}"
+
+    def version_string(self) -> str:
+        return self.server_version
+    timeout = 60  # seconds a connection may sit idle or stall
+    server: PytailServer
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def _method_not_allowed(self) -> None:
+        self._begin(head=False)
+        self._send_bytes(405, b"method not allowed\n", {"Allow": "GET, HEAD",
+                                                        "Content-Type": "text/plain"})
+        self._log_access()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
+        _method_not_allowed
+
+    def _begin(self, head: bool) -> None:
+        self._head, self._outcome, self._status, self._sent = head, "-", 0, 0
+        self._headers_done = False
+        self._started = time.monotonic()
+
+    def _dispatch(self, head: bool) -> None:
+        self._begin(head)
+        try:
+            route = match_route(self.path)
+            getattr(self, f"_serve_{route.kind}")(route)
+        except PytailError as exc:
+            self._send_error(exc)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # pragma: no cover - a bug; keep the server up and say so
+            log.exception("internal error on %s", self.path)
+            self._send_error(PytailError("internal error"))
+        finally:
+            self._log_access()
+
+    def _log_access(self) -> None:
+        path = "".join(c if 32 <= ord(c) < 127 else "?" for c in self.path[:300])
+        log.info('%s "%s %s" %d %d %s %.1fms', self.client_address[0], self.command, path,
+                 self._status, self._sent, self._outcome,
+                 (time.monotonic() - self._started) * 1000)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    # -- sending -------------------------------------------------------------
+
+    def _send_head(self, status: int, headers: Mapping[str, str], length: int | None) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self._status, self._headers_done = status, True
+
+    def _send_bytes(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        no_body = self._head or status == 304
+        self._send_head(status, headers, None if status == 304 else len(body))
+        if not no_body:
+            self.wfile.write(body)
+            self._sent = len(body)
+
+    def _send_error(self, exc: PytailError) -> None:
+        if self._headers_done:  # mid-body: the only honest signal left is to cut it short
+            self.close_connection = True
+            return
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+        if isinstance(exc, RangeError):
+            headers["Content-Range"] = f"bytes */{exc.size}"
+        if exc.status >= 500:
+            self._outcome = "ERROR"
+        self._send_bytes(exc.status, f"{exc}\n".encode(), headers)
+
+    def _redirect(self, location: str) -> None:
+        self._send_bytes(301, b"", {"Location": location})
+
+    def _send_page(self, variant: Variant, media: str, cache_control: str) -> None:
+        gz = variant.gzipped is not None and accepts_gzip(self.headers.get("Accept-Encoding"))
+        body, etag = (variant.gzipped, variant.etag_gz) if gz else (variant.body, variant.etag)
+        assert body is not None and etag is not None
+        headers = {"Content-Type": media + ("; charset=utf-8" if media == TEXT_HTML else ""),
+                   "Vary": "Accept, Accept-Encoding", "ETag": etag,
+                   "Cache-Control": cache_control, "X-Pytail-Cache": self._outcome}
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+        status = 304 if etag_matches(self.headers.get("If-None-Match"), etag) else 200
+        self._send_bytes(status, body, headers)
+
+    def _send_file(self, path: str, etag: str, cache_control: str) -> None:
+        """A file from disk with Range (FILE-3/4), sent with sendfile."""
+        try:
+            handle = open(path, "rb")
+        except OSError:
+            raise NotFound("file is gone") from None
+        with handle:
+            stat = os.fstat(handle.fileno())
+            headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                       "ETag": etag, "Last-Modified": http_date(stat.st_mtime),
+                       "Cache-Control": cache_control, "X-Pytail-Cache": self._outcome}
+            if etag_matches(self.headers.get("If-None-Match"), etag):
+                return self._send_bytes(304, b"", headers)
+            span = parse_range(self.headers.get("Range"), stat.st_size)
+            start, end = span or (0, stat.st_size - 1)
+            if span:
+                headers["Content-Range"] = f"bytes {start}-{end}/{stat.st_size}"
+            self._send_head(206 if span else 200, headers, end - start + 1)
+            if not self._head and end >= start:
+                self._sent = self.connection.sendfile(handle, start, end - start + 1)
+
+    def _stream(self, download: Download, timeout: float) -> None:
+        """Tee: send an uncached file while it downloads (FILE-7)."""
+        assert download.length is not None
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                   "Cache-Control": IMMUTABLE, "X-Pytail-Cache": self._outcome}
+        self._send_head(200, headers, download.length)
+        for chunk in download.chunks(timeout):
+            self.wfile.write(chunk)
+            self._sent += len(chunk)
+
+    # -- routes --------------------------------------------------------------
+
+    def _serve_redirect(self, route: Route) -> None:
+        self._redirect(route.location)
+
+    def _negotiate(self, route: Route) -> str:
+        fmt = urllib.parse.parse_qs(route.query).get("format", [None])[0]
+        return choose_media_type(self.headers.get("Accept"), fmt)
+
+    def _serve_project(self, route: Route) -> None:
+        media = self._negotiate(route)
+        state, self._outcome = self.server.cache.lookup(route.name)
+        variant = self.server.cache.variant(state, media, route.root_rel)
+        self._send_page(variant, media, REVALIDATE if state.local
+                        else f"max-age={PAGE_MAX_AGE_MIRROR}, public")
+
+    def _serve_index(self, route: Route) -> None:
+        media = self._negotiate(route)
+        names = self.server.cache.projects()
+        body = render_index_json(names) if media == JSON_V1 else render_index_html(names)
+        self._send_page(make_variant(body), media, REVALIDATE)
+
+    def _serve_file(self, route: Route) -> None:
+        server = self.server
+        row = server.cache.find_file(route.path)
+        etag = f'"{row.sha256}"' if row.sha256 else make_etag(row.path.encode())
+        if server.store.exists(route.path):
+            self._outcome = "HIT"
+            return self._send_file(server.store.path(route.path), etag, IMMUTABLE)
+        if server.cache.upstream is None:
+            raise NotFound(f"{row.filename} is not cached (offline)")
+        self._outcome = "MISS"
+        download = server.fetcher.download(row)
+        timeout = server.config.timeout
+        download.wait(lambda: download.length is not None, timeout)
+        if self.headers.get("Range") or download.length is None:
+            download.wait(lambda: False, None)  # Range: fill the cache, then slice (FILE-6)
+        else:
+            download.wait(lambda: False, STREAM_AFTER_SECS)
+        if download.done and download.final:
+            return self._send_file(download.final, etag, IMMUTABLE)
+        if self._head:
+            return self._send_head(200, {"Accept-Ranges": "bytes",
+                                         "Content-Type": "application/octet-stream"},
+                                   download.length)
+        self._stream(download, timeout)
+
+    def _serve_metadata(self, route: Route) -> None:
+        row = self.server.cache.find_file(route.path)
+        path = self.server.fetcher.metadata(row)
+        self._outcome = "HIT"
+        self._send_file(path, f'"{row.path and hash_file(path)}"', IMMUTABLE)
+
+    def _local(self) -> LocalPackages:
+        if self.server.local is None:
+            raise NotFound("no packages directory is configured")
+        return self.server.local
+
+    def _serve_local_file(self, route: Route) -> None:
+        local = self._local()
+        entry = local.file(route.path)
+        self._outcome = "LOCAL"
+        self._send_file(local.path(entry), f'"{entry.sha256}"', REVALIDATE)
+
+    def _serve_local_metadata(self, route: Route) -> None:
+        entry = self._local().file(route.path)
+        if entry.metadata is None:
+            raise NotFound(f"no metadata for {route.path}")
+        self._outcome = "LOCAL"
+        etag = f'"{metadata_sha(entry.metadata)}"'
+        headers = {"Content-Type": "application/octet-stream", "ETag": etag,
+                   "Cache-Control": REVALIDATE}
+        status = 304 if etag_matches(self.headers.get("If-None-Match"), etag) else 200
+        self._send_bytes(status, entry.metadata, headers)
+
+    def _serve_landing(self, route: Route) -> None:
+        body = landing_html(len(self.server.cache.projects()), self._base_url())
+        self._send_bytes(200, body, {"Content-Type": "text/html; charset=utf-8",
+                                     "Cache-Control": REVALIDATE})
+
+    def _serve_health(self, route: Route) -> None:
+        body = json.dumps({"status": "ok", "version": __version__,
+                           "uptime": round(time.time() - self.server.started, 1)}).encode()
+        self._send_bytes(200, body, {"Content-Type": "application/json",
+                                     "Cache-Control": "no-store"})
+
+    def _base_url(self) -> str:
+        host = self.headers.get("Host") or f"{self.server.server_address[0]}:" \
+                                           f"{self.server.server_address[1]}"
+        return f"http://{host}/" if re.fullmatch(r"[\w.:\[\]-]+", host) else "/"
+
+
+class PytailServer(http.server.ThreadingHTTPServer):
+    """The HTTP server and the services its handlers use (no module state, rule 3).
+
+    At most `max_threads` connections are served at once; past that a connection gets a
+    503 with Retry-After instead of a new thread.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, config: ServeConfig, clock: Callable[[], float] = time.time) -> None:
+        os.makedirs(config.cache_dir, exist_ok=True)
+        self.config = config
+        self.started = time.time()
+        self.index = Index(os.path.join(config.cache_dir, "index.sqlite3"))
+        self.store = FileStore(config.cache_dir)
+        upstream = Upstream(config.upstream, config.timeout) if config.upstream else None
+        self.local = LocalPackages(config.packages_dir, self.index, clock) \
+            if config.packages_dir else None
+        self.cache = ProjectCache(self.index, upstream, self.local, config.ttl, clock)
+        self.fetcher = FileFetcher(self.cache, self.store)
+        self._slots = threading.BoundedSemaphore(config.max_threads)
+        try:
+            super().__init__((config.bind_host, config.bind_port), Handler)
+        except OSError as exc:
+            self.index.close()
+            raise ConfigError(f"cannot listen on {config.bind_host}:{config.bind_port}: "
+                              f"{exc.strerror or exc}") from None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host if ':' not in str(host) else f'[{host}]'}:{port}/"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.index.close()
+
+
+def make_server(config: ServeConfig, clock: Callable[[], float] = time.time) -> PytailServer:
+    """Build and bind a server from a config; ConfigError if that is impossible."""
+    if config.packages_dir and not os.path.isdir(config.packages_dir):
+        raise ConfigError(f"packages directory {config.packages_dir!r} does not exist")
+    if config.upstream:
+        simple_base_url(config.upstream)
+    return PytailServer(config, clock)
+
+
+# =============================================================================
+# 9. Manifest and publishing
+# =============================================================================
+
+# (publishing lands with the manifest/publish work)
+
+
+# =============================================================================
+# 10. Command line
+# =============================================================================
+
+
+def bind_arg(value: str) -> tuple[str, int]:
+    """argparse type for HOST:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def positive_arg(value: str) -> float:
+    """argparse type for a positive number of seconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def count_arg(value: str) -> int:
+    """argparse type for a whole number of at least 1."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def upstream_arg(value: str) -> str | None:
+    """argparse type for the upstream: an http(s) origin or index URL, or 'none'."""
+    if value.strip().lower() in ("none", "off", ""):
+        return None
+    try:
+        simple_base_url(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PYTAIL_{name}", default)
+
+
+def _add_serve_parser(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="run the index (caching mirror + own packages)",
+                            description="Serve the Simple API at /simple/. Every flag can "
+                            "also be set by the environment variable named in brackets.")
+    parser.add_argument("--bind", type=bind_arg, default=_env("BIND", DEFAULT_BIND),
+                        help="HOST:PORT to listen on; port 0 picks one [PYTAIL_BIND] "
+                        f"(default {DEFAULT_BIND})")
+    parser.add_argument("--upstream-base-url", type=upstream_arg,
+                        default=_env("UPSTREAM_BASE_URL", DEFAULT_UPSTREAM),
+                        help="upstream origin (Simple API at /simple/) or full index URL; "
+                        f"'none' for no upstream [PYTAIL_UPSTREAM_BASE_URL] (default {DEFAULT_UPSTREAM})")
+    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                        help=f"cache directory [PYTAIL_CACHE_DIR] (default {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--project-cache-ttl-secs", type=positive_arg,
+                        default=_env("PROJECT_CACHE_TTL_SECS", str(DEFAULT_TTL)),
+                        help="serve a cached page this long before revalidating "
+                        f"[PYTAIL_PROJECT_CACHE_TTL_SECS] (default {DEFAULT_TTL})")
+    parser.add_argument("--request-timeout-secs", type=positive_arg,
+                        default=_env("REQUEST_TIMEOUT_SECS", str(DEFAULT_TIMEOUT)),
+                        help="upstream connect/read timeout [PYTAIL_REQUEST_TIMEOUT_SECS] "
+                        f"(default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--packages-dir", default=_env("PACKAGES_DIR", "") or None,
+                        help="flat directory of your own wheels and sdists; their names "
+                        "shadow upstream [PYTAIL_PACKAGES_DIR]")
+    parser.add_argument("--offline", action="store_true",
+                        default=_env("OFFLINE", "") not in ("", "0", "false"),
+                        help="never contact upstream: serve own packages and the cache "
+                        "[PYTAIL_OFFLINE]")
+    parser.add_argument("--max-connections", type=count_arg,
+                        default=_env("MAX_CONNECTIONS", str(DEFAULT_MAX_THREADS)),
+                        help="connections served at once; more get 503 "
+                        f"[PYTAIL_MAX_CONNECTIONS] (default {DEFAULT_MAX_THREADS})")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log warnings and errors only (no access log)")
+    parser.set_defaults(func=cmd_serve)
+
+
+def serve_config(ns: argparse.Namespace) -> ServeConfig:
+    """The one translation from parsed arguments to a ServeConfig."""
+    host, port = ns.bind
+    return ServeConfig(bind_host=host, bind_port=port,
+                       upstream=None if ns.offline else ns.upstream_base_url,
+                       cache_dir=ns.cache_dir, ttl=ns.project_cache_ttl_secs,
+                       timeout=ns.request_timeout_secs, packages_dir=ns.packages_dir,
+                       max_threads=ns.max_connections)
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM."""
+    server = make_server(serve_config(ns))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread (embedded use)
+            break
+    cfg = server.config
+    print(f"pytail {__version__} serving {server.url}simple/ "
+          f"(upstream: {cfg.upstream or 'none, offline'}; cache: {cfg.cache_dir}"
+          f"{'; packages: ' + cfg.packages_dir if cfg.packages_dir else ''})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    log.info("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytail", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"pytail {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (errors: one line, code 1)."""
+    ns = build_parser().parse_args(argv)
+    level = logging.WARNING if getattr(ns, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        return int(ns.func(ns))
+    except PytailError as exc:
+        print(f"pytail: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
