@@ -668,7 +668,8 @@ def choose_media_type(accept: str | None, fmt: str | None = None) -> str:
     """The page type to send for an Accept header or `?format=` (NEG-1..7).
 
     Highest q wins, then the more specific match, then JSON > v1 HTML > text/html; a winner
-    that matched only `*/*` gets text/html, as PyPI does. Raises NotAcceptable.
+    that matched only `*/*` gets HTML (text/html unless the client ranked it lower), as
+    PyPI does. Raises NotAcceptable.
     """
     if fmt:
         chosen = _ALIASES.get(fmt.strip().lower(), fmt.strip().lower())
@@ -680,8 +681,8 @@ def choose_media_type(accept: str | None, fmt: str | None = None) -> str:
     (q, spec), _, best = max(scored)
     if q <= 0:
         raise NotAcceptable(f"none of {', '.join(_OFFERS)} is acceptable")
-    if spec == 0 and _offer_quality(TEXT_HTML, ranges)[0] >= q:
-        return TEXT_HTML
+    if spec == 0:  # only `*/*` matched: never JSON to a client that did not name it
+        return TEXT_HTML if _offer_quality(TEXT_HTML, ranges)[0] >= q else HTML_V1
     return best
 
 
@@ -2039,7 +2040,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._redirect(route.location)
 
     def _negotiate(self, route: Route) -> str:
-        fmt = urllib.parse.parse_qs(route.query).get("format", [None])[0]
+        # a literal '+' in `format=` is the media type's, not a space
+        fmt = urllib.parse.parse_qs(route.query.replace("+", "%2B")).get("format", [None])[0]
         return choose_media_type(self.headers.get("Accept"), fmt)
 
     def _serve_project(self, route: Route) -> None:
@@ -2134,6 +2136,7 @@ class PytailServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # the default 5 drops bursts of connections (uv opens many)
 
     def __init__(self, config: ServeConfig, clock: Callable[[], float] = time.time) -> None:
         os.makedirs(config.cache_dir, exist_ok=True)
