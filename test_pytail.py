@@ -1052,3 +1052,163 @@ def test_leftover_temp_files_are_removed_at_start(cfg: pytail.ServeConfig, clock
 def test_traversal_attempts_get_400_or_404(proxy: Proxy, path: str) -> None:  # URL-4
     status, _, body = proxy.request(path)
     assert status in (400, 404) and b"root:" not in body
+
+
+# =============================================================================
+# Real clients: pip and uv install through pytail (checklist P.9)
+# =============================================================================
+
+
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """An environment free of this machine's pip/uv configuration (extra indexes etc.)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "UV_")) and k not in ("PYTHONPATH",)}
+    env.update(HOME=str(home), PIP_CONFIG_FILE=os.devnull, XDG_CONFIG_HOME=str(home),
+               UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INPUT="1")
+    return env
+
+
+def have_module(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def pip_install(index: str, target: Path, tmp_path: Path, *packages: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+           "--target", str(target), "--index-url", index, *packages]
+    result = subprocess.run(cmd, env=client_env(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def uv_install(index: str, target: Path, tmp_path: Path, *packages: str) -> None:
+    if not have_module("uv"):
+        if REQUIRE_CLIENTS:
+            pytest.fail("uv is not installed (run .ci/run)")
+        pytest.skip("uv is not installed")
+    cmd = [sys.executable, "-m", "uv", "pip", "install", "--no-cache", "--python", sys.executable,
+           "--target", str(target), "--index-url", index, *packages]
+    result = subprocess.run(cmd, env=client_env(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def alpha_beta(upstream: FakeUpstream, dists: Path) -> None:
+    """alpha 1.0 needs beta>=1.0; beta 2.0 needs Python >= 3.99 and must be skipped."""
+    upstream.add("alpha", make_wheel(dists, "alpha", "1.0", requires=("beta>=1.0",)))
+    upstream.add("beta", make_wheel(dists, "beta", "1.0"), make_sdist(dists, "beta", "1.0"))
+    upstream.add("beta", make_wheel(dists, "beta", "2.0", requires_python=">=3.99"),
+                 requires_python=">=3.99")
+
+
+def installed_version(target: Path, module: str) -> str:
+    text = (target / module / "__init__.py").read_text()
+    return re.search(r"VERSION = '([^']+)'", text).group(1)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+@pytest.mark.parametrize("mode", ["json+metadata", "html-no-metadata"])
+def test_real_client_installs_through_pytail(client: str, mode: str, proxy: Proxy,
+                                             upstream: FakeUpstream, alpha_beta: None,
+                                             tmp_path: Path) -> None:
+    if mode == "html-no-metadata":
+        upstream.json, upstream.metadata, upstream.etag = False, False, False
+    target = tmp_path / "target"
+    install = pip_install if client == "pip" else uv_install
+    install(proxy.url + "/simple/", target, tmp_path, "alpha")
+    assert installed_version(target, "alpha") == "1.0"
+    assert installed_version(target, "beta") == "1.0"
+    assert upstream.count("/files/alpha-1.0-py3-none-any.whl", "GET") >= 1
+    if mode == "json+metadata":
+        assert upstream.count("/files/beta-2.0") == 0  # skipped by requires-python, unfetched
+    again = tmp_path / "again"
+    files_before = upstream.count("/files/")
+    install(proxy.url + "/simple/", again, tmp_path, "alpha")
+    assert upstream.count("/files/") == files_before  # second install: all from the cache
+
+
+# =============================================================================
+# 10. Command line
+# =============================================================================
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["serve", "--packages-dir", "/nonexistent/dir", "--bind", "127.0.0.1:0"],
+     "packages directory"),
+])
+def test_misconfiguration_is_one_line_exit_1(argv: list[str], message: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = pytail.main(argv + ["--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("pytail: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = pytail.main(["serve", "--bind", f"127.0.0.1:{port}", "--cache-dir",
+                            str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot listen" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--bind", "nonsense"], ["serve", "--project-cache-ttl-secs", "-5"],
+    ["serve", "--upstream-base-url", "ftp://x"], ["serve", "--max-connections", "0"], ["bogus"],
+])
+def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        pytail.main(argv)
+    assert exc.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_environment_variables_configure_serve(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("PYTAIL_BIND", "127.0.0.1:0")
+    monkeypatch.setenv("PYTAIL_UPSTREAM_BASE_URL", "none")
+    monkeypatch.setenv("PYTAIL_PROJECT_CACHE_TTL_SECS", "30")
+    monkeypatch.setenv("PYTAIL_CACHE_DIR", str(tmp_path))
+    ns = pytail.build_parser().parse_args(["serve"])
+    config = pytail.serve_config(ns)
+    assert (config.bind_port, config.upstream, config.ttl, config.cache_dir) == \
+        (0, None, 30.0, str(tmp_path))
+
+
+def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        pytail.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--bind", "--upstream-base-url", "--cache-dir", "--project-cache-ttl-secs",
+                 "--request-timeout-secs", "--packages-dir", "--offline", "--max-connections"):
+        assert flag in out
+    readme = (HERE / "README.md").read_text()
+    for flag in re.findall(r"(--[a-z-]+)", out):
+        assert flag in readme, f"{flag} is not in the README"
+
+
+def test_serve_subprocess_prints_url_and_stops_on_sigterm(tmp_path: Path,
+                                                          upstream: FakeUpstream,
+                                                          alpha: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "pytail.py"), "serve", "--bind", "127.0.0.1:0",
+         "--cache-dir", str(tmp_path / "c"), "--upstream-base-url", upstream.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)simple/", line).group(1)  # type: ignore
+        with urllib.request.urlopen(url + "simple/alpha/", timeout=10) as resp:
+            assert resp.status == 200 and alpha.name.encode() in resp.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        log = proc.stderr.read()  # type: ignore[union-attr]
+        assert '"GET /simple/alpha/" 200' in log and "MISS" in log  # one line per request
+        assert "Traceback" not in log
+    finally:
+        proc.kill()
+        proc.wait()
