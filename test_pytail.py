@@ -1188,7 +1188,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "--request-timeout-secs", "--packages-dir", "--offline", "--max-connections"):
         assert flag in out
     readme = (HERE / "README.md").read_text()
-    for flag in re.findall(r"(--[a-z-]+)", out):
+    for flag in set(re.findall(r"(--[a-z-]+)", out)) - {"--help"}:
         assert flag in readme, f"{flag} is not in the README"
 
 
