@@ -1370,7 +1370,8 @@ def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
         requires_python=f.requires_python, yanked=f.yanked, size=f.size,
         upload_time=iso_time(f.mtime_ns / 1e9), core_metadata=metadata_sha(f.metadata),
     ) for f in files]
-    return ProjectPage(name, entries, versions_of(entries))
+    versions = sorted({f.version for f in files if f.version}, key=version_key)
+    return ProjectPage(name, entries, versions)
 
 
 @dataclass(frozen=True)

@@ -1212,3 +1212,168 @@ def test_serve_subprocess_prints_url_and_stops_on_sigterm(tmp_path: Path,
     finally:
         proc.kill()
         proc.wait()
+
+
+# =============================================================================
+# 7. Own packages (the packages directory)
+# =============================================================================
+
+
+@pytest.fixture
+def packages(tmp_path: Path) -> Path:
+    path = tmp_path / "packages"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def local_proxy(proxy_factory: Callable[..., Proxy], packages: Path) -> Proxy:
+    return proxy_factory(packages_dir=str(packages))
+
+
+def test_local_page_and_files(local_proxy: Proxy, packages: Path) -> None:  # FN-10/11, JSON-5
+    wheel = make_wheel(packages, "our-pkg", "1.2.3", requires_python=">=3.8")
+    sdist = make_sdist(packages, "our-pkg", "1.2.3", requires_python=">=3.8")
+    (packages / "README.txt").write_text("not a package")
+    (packages / ".hidden-1.0.tar.gz").write_bytes(b"x")
+    (packages / "our_pkg-1.2.4.tar.gz.part").write_bytes(b"partial upload")
+    status, headers, body = local_proxy.request("/simple/our-pkg/", headers={"Accept": UV_ACCEPT})
+    assert status == 200 and headers["x-pytail-cache"] == "LOCAL"
+    assert headers["cache-control"] == pytail.REVALIDATE  # CACHE-2
+    doc = json.loads(body)
+    assert doc["versions"] == ["1.2.3"]
+    by_name = {f["filename"]: f for f in doc["files"]}
+    assert set(by_name) == {wheel.name, sdist.name}
+    whl = by_name[wheel.name]
+    assert whl["url"] == f"../../packages/{wheel.name}"
+    assert whl["hashes"] == {"sha256": sha(wheel.read_bytes())}
+    assert whl["requires-python"] == ">=3.8" and whl["size"] == wheel.stat().st_size
+    assert whl["upload-time"].endswith("Z")
+    assert whl["core-metadata"] == {"sha256": sha(wheel_metadata_bytes(wheel))}
+    assert by_name[sdist.name]["core-metadata"] is False  # META-5: wheels only
+    assert by_name[sdist.name]["requires-python"] == ">=3.8"  # from PKG-INFO
+    status, headers, data = local_proxy.request(f"/packages/{wheel.name}")
+    assert data == wheel.read_bytes() and headers["accept-ranges"] == "bytes"
+    status, _, part = local_proxy.request(f"/packages/{wheel.name}", headers={"Range": "bytes=0-3"})
+    assert status == 206 and part == b"PK\x03\x04"
+    status, _, meta = local_proxy.request(f"/packages/{wheel.name}.metadata")
+    assert meta == wheel_metadata_bytes(wheel)  # META-2: matches the advertised hash
+    assert local_proxy.request(f"/packages/{sdist.name}.metadata")[0] == 404
+    assert local_proxy.request("/packages/README.txt")[0] == 404
+    assert local_proxy.request("/packages/our_pkg-1.2.4.tar.gz.part")[0] == 404
+    _, _, html_page = local_proxy.request("/simple/our-pkg/")
+    assert f'href="../../packages/{wheel.name}#sha256={sha(wheel.read_bytes())}"'.encode() \
+        in html_page
+
+
+def test_local_name_shadows_upstream(local_proxy: Proxy, packages: Path, upstream: FakeUpstream,
+                                     dists: Path) -> None:  # UP-12, issue 3 item 3
+    upstream.add("shadowed", make_wheel(dists, "shadowed", "99.0"))
+    make_wheel(packages, "Shadowed", "1.0")
+    for accept in (UV_ACCEPT, "text/html"):
+        _, _, body = local_proxy.request("/simple/shadowed/", headers={"Accept": accept})
+        assert b"shadowed-1.0-py3-none-any.whl" in body.lower() and b"99.0" not in body
+    assert upstream.count("/simple/shadowed") == 0
+
+
+def test_legacy_sdist_names_with_dashes(local_proxy: Proxy, packages: Path) -> None:  # FN-3
+    make_sdist(packages, "some-pkg", "1.2.3", filename="some-pkg-1.2.3.tar.gz")
+    make_sdist(packages, "python-3parclient", "4.2.0", filename="python-3parclient-4.2.0.tar.gz")
+    make_sdist(packages, "pkg-1.0", "1", filename="pkg-1.0-1.tar.gz")  # PKG-INFO decides
+    assert [f["filename"] for f in local_proxy.get_json("/simple/some-pkg/")["files"]] == \
+        ["some-pkg-1.2.3.tar.gz"]
+    assert local_proxy.get_json("/simple/python-3parclient/")["versions"] == ["4.2.0"]
+    assert local_proxy.get_json("/simple/pkg-1-0/")["versions"] == ["1"]
+    names = {p["name"] for p in local_proxy.get_json("/simple/")["projects"]}
+    assert {"some-pkg", "python-3parclient", "pkg-1-0"} <= names
+
+
+def test_replaced_file_gets_new_hash_on_next_request(local_proxy: Proxy,
+                                                     packages: Path) -> None:
+    wheel = make_wheel(packages, "churn", "1.0")
+    first = local_proxy.get_json("/simple/churn/")["files"][0]["hashes"]["sha256"]
+    make_wheel(packages, "churn", "1.0", payload=100)  # same name, new bytes, in place
+    second = local_proxy.get_json("/simple/churn/")["files"][0]["hashes"]["sha256"]
+    assert first != second == sha(wheel.read_bytes())
+    assert local_proxy.request(f"/packages/{wheel.name}")[2] == wheel.read_bytes()
+    make_wheel(packages, "churn", "1.1")
+    assert local_proxy.get_json("/simple/churn/")["versions"] == ["1.0", "1.1"]
+    wheel.unlink()
+    assert local_proxy.get_json("/simple/churn/")["versions"] == ["1.1"]
+    (packages / "churn-1.1-py3-none-any.whl").unlink()
+    assert local_proxy.request("/simple/churn/")[0] in (404, 502)  # no longer local
+
+
+def test_yank_with_sidecar(local_proxy: Proxy, packages: Path) -> None:  # YANK-1
+    wheel = make_wheel(packages, "yanky", "1.0")
+    (packages / f"{wheel.name}.yanked").write_text("broken <build>\n")
+    doc = local_proxy.get_json("/simple/yanky/")
+    assert doc["files"][0]["yanked"] == "broken <build>"
+    _, _, body = local_proxy.request("/simple/yanky/")
+    assert b'data-yanked="broken &lt;build&gt;"' in body
+    (packages / f"{wheel.name}.yanked").unlink()
+    assert local_proxy.get_json("/simple/yanky/")["files"][0]["yanked"] is False
+
+
+def test_unparseable_files_logged_once(local_proxy: Proxy, packages: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:  # FN-6
+    (packages / "broken-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    make_wheel(packages, "liar", "1.0", meta_name="someone-else")
+    make_wheel(packages, "fine", "1.0")
+    with caplog.at_level("WARNING", logger="pytail"):
+        for _ in range(3):
+            assert local_proxy.request("/simple/fine/")[0] == 200
+            local_proxy.request("/simple/")
+    warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(warnings) == 2
+    assert any("broken-1.0" in w and "unreadable wheel" in w for w in warnings)
+    assert any("liar-1.0" in w and "does not match" in w for w in warnings)
+
+
+def test_index_lists_local_and_cached_projects(local_proxy: Proxy, packages: Path,
+                                               alpha: Path) -> None:  # issue 3 item 6
+    make_wheel(packages, "mine", "1.0")
+    local_proxy.request("/simple/alpha/")
+    assert local_proxy.get_json("/simple/")["projects"] == [{"name": "alpha"}, {"name": "mine"}]
+
+
+def test_catalogue_survives_restart_without_rehashing(cfg: pytail.ServeConfig, clock: Clock,
+                                                      packages: Path) -> None:
+    import dataclasses
+    make_wheel(packages, "once", "1.0")
+    config = dataclasses.replace(cfg, packages_dir=str(packages))
+    first = Proxy(config, clock)
+    first.request("/simple/once/")
+    first.stop()
+    db = pytail.Index(os.path.join(cfg.cache_dir, "index.sqlite3"))
+    wheel = packages / "once-1.0-py3-none-any.whl"
+    stat = wheel.stat()
+    entry = db.local_file(wheel.name, stat.st_size, stat.st_mtime_ns)
+    db.close()
+    assert entry is not None and entry.sha256 == sha(wheel.read_bytes())
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+def test_local_package_depending_on_upstream(client: str, local_proxy: Proxy, packages: Path,
+                                             upstream: FakeUpstream, alpha_beta: None,
+                                             tmp_path: Path) -> None:
+    make_wheel(packages, "internal-tool", "0.1", requires=("beta",))
+    target = tmp_path / "target"
+    (pip_install if client == "pip" else uv_install)(
+        local_proxy.url + "/simple/", target, tmp_path, "internal-tool")
+    assert installed_version(target, "internal_tool") == "0.1"
+    assert installed_version(target, "beta") == "1.0"
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+def test_offline_installs_local_packages_with_upstream_stopped(
+        client: str, proxy_factory: Callable[..., Proxy], packages: Path, tmp_path: Path,
+        upstream: FakeUpstream) -> None:
+    make_wheel(packages, "solo", "2.0")
+    proxy = proxy_factory(packages_dir=str(packages), upstream=None)
+    upstream.fail = "reset"
+    target = tmp_path / "target"
+    (pip_install if client == "pip" else uv_install)(proxy.url + "/simple/", target, tmp_path,
+                                                     "solo")
+    assert installed_version(target, "solo") == "2.0"
+    assert upstream.requests == []
