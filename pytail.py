@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import calendar
+import configparser
 import dataclasses
 import datetime
 import email.parser
@@ -52,7 +52,9 @@ import tarfile
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
+import xml.etree.ElementTree as ET
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -742,8 +744,185 @@ def iso_time(epoch: float) -> str:
 # =============================================================================
 # 4. AWS Signature Version 4 (pure)
 # =============================================================================
+# AWS S3 API Reference: "Signature Calculations for the Authorization Header" and
+# "Authenticating Requests: Using Query Parameters". For S3 the path is URI-encoded
+# once and never normalised; `normalize=True` is the generic-service rule, kept only
+# so the AWS test suite can be checked in full. Nothing here reads the clock.
 
-# (publishing lands with the manifest/publish work)
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600  # AWS and R2: 1 s .. 7 days
+
+HeaderItems = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An access key pair, plus the session token of temporary credentials."""
+
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        token = None if self.session_token is None else "***"
+        return (f"Credentials(access_key={self.access_key!r}, secret_key='***',"
+                f" session_token={token!r})")
+
+
+def uri_encode(s: str, encode_slash: bool) -> str:
+    """AWS UriEncode: %XX (upper-case) for every UTF-8 byte outside A-Za-z0-9-._~ (and '/')."""
+    return urllib.parse.quote(s, safe="~" if encode_slash else "/~")
+
+
+def _remove_dot_segments(path: str) -> str:
+    """Generic SigV4 path normalisation (RFC 3986 dot segments, empty segments); never S3."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            segments = segments[:-1]
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = "/" if segments and path.endswith("/") else ""
+    return "/" + "/".join(segments) + trailing
+
+
+def canonical_uri(path: str, normalize: bool = False) -> str:
+    """Canonical URI of a wire path: decoded, then UriEncoded once with '/' kept.
+
+    So a raw or a correctly encoded path gives the same result; '//', '.', '..' and a
+    trailing '/' stay (S3 keys are never normalised) unless `normalize` is set.
+    """
+    raw = urllib.parse.unquote(path) or "/"
+    return uri_encode(_remove_dot_segments(raw) if normalize else raw, encode_slash=False)
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """Decoded (name, value) pairs of a wire query string; 'uploads' gives ('uploads', '')."""
+    pairs = (item.partition("=") for item in query.split("&") if item)
+    return [(urllib.parse.unquote(name), urllib.parse.unquote(value)) for name, _, value in pairs]
+
+
+def canonical_query(params: Iterable[tuple[str, str]]) -> str:
+    """UriEncode names and values ('/' too), sort by name then value, join as n=v with '&'."""
+    pairs = sorted((uri_encode(name, True), uri_encode(value, True)) for name, value in params)
+    return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+def _merge_headers(headers: HeaderItems) -> dict[str, str]:
+    """Lower-case names, trim values and collapse inner whitespace, join repeats with ','."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    merged: dict[str, str] = {}
+    for name, value in items:
+        key, value = name.strip().lower(), " ".join(value.split())
+        merged[key] = f"{merged[key]},{value}" if key in merged else value
+    return merged
+
+
+def canonical_headers(headers: HeaderItems) -> tuple[str, str]:
+    """Return (CanonicalHeaders block ending in '\\n', SignedHeaders) for the headers to sign."""
+    merged = _merge_headers(headers)
+    names = sorted(merged)
+    return "".join(f"{name}:{merged[name]}\n" for name in names), ";".join(names)
+
+
+def canonical_request(method: str, path: str, query: Iterable[tuple[str, str]],
+                      headers: HeaderItems, payload_hash: str, *, normalize: bool = False) -> str:
+    """The SigV4 canonical request; `path` as on the wire, `query` as decoded pairs."""
+    block, signed = canonical_headers(headers)
+    return "\n".join([method.upper(), canonical_uri(path, normalize), canonical_query(query),
+                      block, signed, payload_hash])
+
+
+def amz_date(when: datetime.datetime) -> str:
+    """`when` as the UTC stamp YYYYMMDDTHHMMSSZ; a naive datetime is taken to be UTC."""
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.timezone.utc)
+    return when.strftime("%Y%m%dT%H%M%SZ")
+
+
+def credential_scope(when: datetime.datetime, region: str, service: str) -> str:
+    """<yyyymmdd>/<region>/<service>/aws4_request."""
+    return f"{amz_date(when)[:8]}/{region}/{service}/aws4_request"
+
+
+def string_to_sign(when: datetime.datetime, scope: str, canonical_request: str) -> str:
+    """Algorithm, timestamp, scope and hex SHA-256 of the canonical request, '\\n'-joined."""
+    digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+    return "\n".join([SIGV4_ALGORITHM, amz_date(when), scope, digest])
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """HMAC chain "AWS4"+secret -> date -> region -> service -> "aws4_request"."""
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def _signature(creds: Credentials, when: datetime.datetime, region: str, service: str,
+               creq: str) -> str:
+    """Hex signature of a canonical request."""
+    key = signing_key(creds.secret_key, amz_date(when)[:8], region, service)
+    sts = string_to_sign(when, credential_scope(when, region, service), creq)
+    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_headers(method: str, url: str, headers: HeaderItems, payload_hash: str,
+                 creds: Credentials, region: str, service: str, when: datetime.datetime,
+                 *, normalize: bool = False, sign_payload: bool | None = None) -> dict[str, str]:
+    """Return every header to send for a header-signed request (lower-case names).
+
+    `url` is the wire URL. Added and signed: host (from `url` unless given), x-amz-date,
+    x-amz-content-sha256 (for S3, or when `sign_payload`), x-amz-security-token (with a
+    session token); then authorization. Headers added afterwards are sent unsigned.
+    """
+    parts = urllib.parse.urlsplit(url)
+    out = _merge_headers(headers)
+    out.setdefault("host", parts.netloc)
+    out["x-amz-date"] = amz_date(when)
+    if sign_payload is None:
+        sign_payload = service == "s3"
+    if sign_payload:
+        out["x-amz-content-sha256"] = payload_hash
+    if creds.session_token:
+        out["x-amz-security-token"] = creds.session_token
+    creq = canonical_request(method, parts.path, parse_query(parts.query), out, payload_hash,
+                             normalize=normalize)
+    scope = credential_scope(when, region, service)
+    out["authorization"] = (f"{SIGV4_ALGORITHM} Credential={creds.access_key}/{scope}, "
+                            f"SignedHeaders={canonical_headers(out)[1]}, "
+                            f"Signature={_signature(creds, when, region, service, creq)}")
+    return out
+
+
+def presign_url(method: str, url: str, creds: Credentials, region: str, when: datetime.datetime,
+                expires: int, service: str = "s3", *, headers: HeaderItems = (),
+                payload_hash: str = UNSIGNED_PAYLOAD, normalize: bool = False) -> str:
+    """Return `url` with query-string authentication, valid `expires` seconds from `when`.
+
+    Signs host plus `headers` (which the user must then send); S3 presigns use
+    UNSIGNED-PAYLOAD, other services the body hash. Parameters come out sorted, then
+    X-Amz-Signature, as in AWS's published example.
+    """
+    if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
+        raise ConfigError(f"presigned URL expiry must be 1..{MAX_PRESIGN_EXPIRES} s,"
+                          f" not {expires}")
+    parts = urllib.parse.urlsplit(url)
+    signed = _merge_headers(headers)
+    signed.setdefault("host", parts.netloc)
+    query = parse_query(parts.query) + [
+        ("X-Amz-Algorithm", SIGV4_ALGORITHM),
+        ("X-Amz-Credential", f"{creds.access_key}/{credential_scope(when, region, service)}"),
+        ("X-Amz-Date", amz_date(when)), ("X-Amz-Expires", str(expires)),
+        ("X-Amz-SignedHeaders", canonical_headers(signed)[1])]
+    if creds.session_token:
+        query.append(("X-Amz-Security-Token", creds.session_token))
+    creq = canonical_request(method, parts.path, query, signed, payload_hash, normalize=normalize)
+    signature = _signature(creds, when, region, service, creq)
+    return (f"{parts.scheme}://{parts.netloc}{canonical_uri(parts.path, normalize)}?"
+            f"{canonical_query(query)}&X-Amz-Signature={signature}")
 
 
 # =============================================================================
@@ -1361,6 +1540,11 @@ class LocalPackages:
 
     def path(self, entry: LocalFile) -> str:
         return os.path.join(self.dir, entry.filename)
+
+    def catalogue(self) -> dict[str, list[LocalFile]]:
+        """Every servable file by project, from a fresh scan."""
+        self._refresh(force=True)
+        return {name: list(files) for name, files in self._projects.items()}
 
 
 def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
@@ -2196,8 +2380,575 @@ def make_server(config: ServeConfig, clock: Callable[[], float] = time.time) -> 
 # =============================================================================
 # 9. Manifest and publishing
 # =============================================================================
+# Path-style requests (endpoint/bucket/key) to S3, Cloudflare R2 or moto. Limits
+# from AWS "multipart upload limits" and R2 "Multipart upload" / "Limits"; retryable
+# errors from AWS "Error responses" and botocore's standard retry mode.
 
-# (publishing lands with the manifest/publish work)
+MIB = 1024 * 1024
+S3_MIN_PART = 5 * MIB  # every part but the last; R2 also wants them all equal
+S3_MAX_PART = 5 * 1024 * MIB - 5 * MIB  # R2: 4.995 GiB per part (and per single PUT)
+S3_MAX_PARTS = 10_000
+DEFAULT_MULTIPART_THRESHOLD = 100 * MIB  # R2 suggests multipart above ~100 MB
+S3_RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
+S3_MAX_BACKOFF = 20.0
+_READ_CHUNK = MIB
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object; `etag` without its quotes."""
+
+    key: str
+    size: int
+    etag: str
+
+
+class S3Error(PublishError):
+    """An S3 request failed for good; str() is one line naming code, method, key and status."""
+
+    def __init__(self, code: str, message: str, method: str, key: str, http_status: int | None,
+                 retryable: bool = False) -> None:
+        self.code, self.http_status, self.retryable = code, http_status, retryable
+        where = "no response" if http_status is None else f"HTTP {http_status}"
+        text = " ".join(f"S3 {code}: {message}".split())
+        super().__init__(f"{text} ({method} {' '.join(key.split())}, {where})")
+
+
+@dataclass(frozen=True)
+class _FileSlice:
+    """`length` bytes of the file at `path` from `offset`, re-readable for each retry."""
+
+    path: str
+    offset: int
+    length: int
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the slice in chunks; PublishError if the file is shorter than promised."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                left = self.length
+                while left:
+                    chunk = f.read(min(left, _READ_CHUNK))
+                    if not chunk:
+                        end = self.offset + self.length
+                        raise PublishError(f"{self.path} ended before byte {end}; did it"
+                                           " change during the upload?")
+                    left -= len(chunk)
+                    yield chunk
+        except OSError as exc:  # not a network error: never retried
+            raise PublishError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the slice, reading it once."""
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+Body = bytes | _FileSlice
+
+
+@dataclass(frozen=True)
+class _Response:
+    """Status, lower-cased headers and body of one HTTP exchange."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def plan_parts(size: int, min_part: int = S3_MIN_PART, max_parts: int = S3_MAX_PARTS) -> int:
+    """Part size for a multipart upload of `size` bytes under R2's rules.
+
+    All parts but the last have this size and the last is no larger; no part is under
+    `min_part`; at most `max_parts` parts. Sizes above `min_part` are rounded up to MiB.
+    """
+    needed = -(-size // max_parts)
+    part = min_part if needed <= min_part else -(-needed // MIB) * MIB
+    if part > S3_MAX_PART:
+        raise PublishError(f"{size} bytes is too large for one object ({max_parts} parts"
+                           f" of at most {S3_MAX_PART} bytes)")
+    return part
+
+
+def _parse_s3_error(body: bytes) -> tuple[str, str] | None:
+    """(Code, Message) of an S3 <Error> document, or None if the body is not one."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    if root.tag.rpartition("}")[2] != "Error":
+        return None
+    return root.findtext("{*}Code") or "UnknownError", root.findtext("{*}Message") or ""
+
+
+def _parse_xml(body: bytes, what: str) -> ET.Element:
+    """Parse an S3 XML response, PublishError if it is not XML."""
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise PublishError(f"S3 {what}: malformed XML response ({exc})") from None
+
+
+def _object_headers(content_type: str, cache_control: str | None,
+                    metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers stored with an object; metadata is ASCII only (R2 RFC 2047-decodes the rest)."""
+    headers = {"content-type": content_type}
+    if cache_control:
+        headers["cache-control"] = cache_control
+    for name, value in (metadata or {}).items():
+        if not (name.replace("-", "").isalnum() and (name + value).isascii()
+                and value.isprintable()):
+            raise PublishError(f"S3 metadata {name!r}: use an ASCII name and printable ASCII value")
+        headers[f"x-amz-meta-{name.lower()}"] = value
+    return headers
+
+
+def _object_info(item: ET.Element, url_encoded: bool) -> ObjectInfo:
+    """ObjectInfo of a <Contents> element; keys decoded like botocore (unquote_plus)."""
+    key = item.findtext("{*}Key") or ""
+    etag = (item.findtext("{*}ETag") or "").strip('"')
+    return ObjectInfo(urllib.parse.unquote_plus(key) if url_encoded else key,
+                      int(item.findtext("{*}Size") or 0), etag)
+
+
+def _utcnow() -> datetime.datetime:
+    """The default clock of S3Client."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class S3Client:
+    """Reads and writes objects of one bucket of an S3 API (R2, AWS, moto), path-style.
+
+    Holds configuration only: each request opens its own connection and is signed anew
+    with `clock()`, so an instance may be shared by threads. Failed attempts (5xx, 429,
+    SlowDown, connection errors, timeouts) are retried `retries` times with exponential
+    backoff through `sleep`; other errors raise S3Error at once.
+    """
+
+    def __init__(self, endpoint: str, bucket: str, creds: Credentials, region: str = "auto", *,
+                 timeout: float = 30, retries: int = 5,
+                 clock: Callable[[], datetime.datetime] = _utcnow,
+                 sleep: Callable[[float], None] = time.sleep, backoff_base: float = 0.2) -> None:
+        parts = urllib.parse.urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise PublishError(f"S3 endpoint must look like https://host[:port], not {endpoint!r}")
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.bucket_path = f"{parts.path.rstrip('/')}/{uri_encode(bucket, True)}"
+        self.bucket, self.creds, self.region, self.timeout = bucket, creds, region, timeout
+        self.retries, self.backoff_base = retries, backoff_base
+        self.clock, self.sleep = clock, sleep
+
+    def url(self, key: str | None, query: Iterable[tuple[str, str]] = ()) -> str:
+        """Wire URL of the bucket (key None) or of an object, query in canonical order."""
+        path = self.bucket_path + ("" if key is None else "/" + uri_encode(key, False))
+        q = canonical_query(query)
+        return f"{self.origin}{path}?{q}" if q else f"{self.origin}{path}"
+
+    # -- public operations ------------------------------------------------------
+
+    def list_objects(self, prefix: str = "", *, page_size: int = 1000) -> dict[str, ObjectInfo]:
+        """Every object under `prefix`, by key (ListObjectsV2, all pages, keys URL-decoded)."""
+        found: dict[str, ObjectInfo] = {}
+        token: str | None = None
+        while True:
+            query = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", str(page_size))]
+            query += [("prefix", prefix)] if prefix else []
+            query += [("continuation-token", token)] if token else []
+            root = _parse_xml(self._request("GET", None, query).body, "ListObjectsV2")
+            url_encoded = root.findtext("{*}EncodingType") == "url"
+            for item in root.iterfind("{*}Contents"):
+                info = _object_info(item, url_encoded)
+                found[info.key] = info
+            token = root.findtext("{*}NextContinuationToken")
+            if root.findtext("{*}IsTruncated") != "true" or not token:
+                return found
+
+    def head_object(self, key: str) -> dict[str, str] | None:
+        """The object's headers (lower-case names, e.g. x-amz-meta-sha256), or None if absent."""
+        response = self._request("HEAD", key, ok=(200, 404))
+        return response.headers if response.status == 200 else None
+
+    def get_object(self, key: str) -> bytes:
+        """The object's body (S3Error NoSuchKey if absent)."""
+        return self._request("GET", key).body
+
+    def put_object(self, key: str, body: bytes, *, content_type: str = "application/octet-stream",
+                   cache_control: str | None = None,
+                   metadata: Mapping[str, str] | None = None) -> None:
+        """Store `body` at `key` in one PUT."""
+        headers = _object_headers(content_type, cache_control, metadata)
+        self._request("PUT", key, headers=headers, body=body)
+
+    def put_file(self, key: str, path: str, size: int, *,
+                 content_type: str = "application/octet-stream", cache_control: str | None = None,
+                 metadata: Mapping[str, str] | None = None,
+                 multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+                 part_size: int | None = None) -> None:
+        """Upload `size` bytes of the file at `path`; multipart above `multipart_threshold`.
+
+        Streams from disk: each request (or part) is read once for its SHA-256, then again
+        to send it, so memory stays at one read chunk.
+        """
+        headers = _object_headers(content_type, cache_control, metadata)
+        if size <= multipart_threshold:
+            self._request("PUT", key, headers=headers, body=_FileSlice(path, 0, size))
+            return
+        part = part_size or plan_parts(size)
+        if not S3_MIN_PART <= part <= S3_MAX_PART or -(-size // part) > S3_MAX_PARTS:
+            raise PublishError(f"part size {part} does not fit {size} bytes in {S3_MAX_PARTS}"
+                               f" parts of {S3_MIN_PART}..{S3_MAX_PART} bytes")
+        self._put_multipart(key, path, size, part, headers)
+
+    def delete_object(self, key: str) -> None:
+        """Delete `key` (no error if it does not exist)."""
+        self._request("DELETE", key, ok=(200, 204))
+
+    # -- multipart ---------------------------------------------------------------
+
+    def _put_multipart(self, key: str, path: str, size: int, part: int,
+                       headers: dict[str, str]) -> None:
+        """Create (with the object's headers and metadata), upload, complete; abort on failure."""
+        created = self._request("POST", key, [("uploads", "")], headers)
+        upload_id = _parse_xml(created.body, "CreateMultipartUpload").findtext("{*}UploadId")
+        if not upload_id:
+            raise PublishError(f"S3 CreateMultipartUpload for {key}: no UploadId in the response")
+        try:
+            slices = [_FileSlice(path, start, min(part, size - start))
+                      for start in range(0, size, part)]
+            etags = [self._upload_part(key, upload_id, number, piece)
+                     for number, piece in enumerate(slices, start=1)]
+            self._complete(key, upload_id, etags)
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: _FileSlice) -> str:
+        """Upload one part; returns its ETag (quotes included, as CompleteMultipartUpload wants)."""
+        query = [("partNumber", str(number)), ("uploadId", upload_id)]
+        return self._request("PUT", key, query, body=body).headers.get("etag", "")
+
+    def _complete(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """CompleteMultipartUpload; a 200 may still carry an <Error> (AWS docs), so parse it."""
+        parts = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{html.escape(tag, False)}</ETag>"
+                        "</Part>" for n, tag in enumerate(etags, start=1))
+        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        self._request("POST", key, [("uploadId", upload_id)], {"content-type": "application/xml"},
+                      body, error_in_body=True)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload, best effort: the caller is already handling a failure."""
+        try:
+            self._request("DELETE", key, [("uploadId", upload_id)], ok=(200, 204))
+        except PytailError as exc:
+            log.warning("could not abort the multipart upload of %s (R2 drops it after 7 days): %s",
+                        key, exc)
+
+    # -- transport ---------------------------------------------------------------
+
+    def _request(self, method: str, key: str | None, query: Iterable[tuple[str, str]] = (),
+                 headers: Mapping[str, str] | None = None, body: Body = b"", *,
+                 ok: tuple[int, ...] = (200,), error_in_body: bool = False) -> _Response:
+        """Send one S3 request, retrying what may succeed later; raises S3Error otherwise."""
+        url, label = self.url(key, query), key if key is not None else f"bucket {self.bucket}"
+        payload_hash = (body.sha256() if isinstance(body, _FileSlice)
+                        else hashlib.sha256(body).hexdigest())
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(method, url, label, headers or {}, body, payload_hash,
+                                     ok, error_in_body)
+            except S3Error as exc:
+                if not exc.retryable or attempt >= self.retries:
+                    raise
+                delay = min(self.backoff_base * 2 ** attempt, S3_MAX_BACKOFF)
+                attempt += 1
+                log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.retries, delay)
+                self.sleep(delay)
+
+    def _attempt(self, method: str, url: str, label: str, headers: Mapping[str, str], body: Body,
+                 payload_hash: str, ok: tuple[int, ...], error_in_body: bool) -> _Response:
+        """One signed exchange; S3Error (retryable or not) unless the status is in `ok`."""
+        try:
+            response = self._send(method, url, headers, body, payload_hash)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timeout...
+            raise S3Error(type(exc).__name__, str(exc) or "connection failed", method, label, None,
+                          retryable=True) from None
+        log.debug("S3 %s %s: HTTP %d", method, label, response.status)
+        in_ok = response.status in ok
+        error = _parse_s3_error(response.body) if error_in_body or not in_ok else None
+        if in_ok and error is None:
+            return response
+        phrase = http.client.responses.get(response.status, "Error").replace(" ", "")
+        code, message = error or (phrase, "no error details")
+        retryable = response.status >= 500 or response.status == 429 or code in S3_RETRY_CODES
+        raise S3Error(code, message, method, label, response.status, retryable)
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], body: Body,
+              payload_hash: str) -> _Response:
+        """Sign for now and exchange one request on a fresh connection, streaming `body`."""
+        signed = sign_headers(method, url, headers, payload_hash, self.creds, self.region, "s3",
+                              self.clock())
+        length = len(body) if isinstance(body, bytes) else body.length
+        if length or method in ("PUT", "POST"):
+            signed["content-length"] = str(length)
+        signed["user-agent"] = f"pytail/{__version__}"
+        parts = urllib.parse.urlsplit(url)
+        https = parts.scheme == "https"
+        conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
+            parts.netloc, timeout=self.timeout)
+        try:
+            conn.putrequest(method, url[len(self.origin):], skip_host=True,
+                            skip_accept_encoding=True)
+            for name, value in signed.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            for chunk in (body,) if isinstance(body, bytes) else body.chunks():
+                conn.send(chunk)
+            response = conn.getresponse()
+            data = response.read()
+            received = {name.lower(): value for name, value in response.getheaders()}
+            return _Response(response.status, received, data)
+        finally:
+            conn.close()
+
+
+MANIFEST_KEY = "simple/manifest-v1.json"
+PAGE_CACHE_CONTROL = "public, max-age=60, must-revalidate"
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+
+
+def catalogue_files(catalogue: Mapping[str, list[LocalFile]]) -> list[LocalFile]:
+    """Every catalogued file, in a stable order."""
+    return [f for name in sorted(catalogue) for f in catalogue[name]]
+
+
+def build_manifest(catalogue: Mapping[str, list[LocalFile]]) -> bytes:
+    """manifest-v1.json of a package directory: deterministic bytes (sorted, no clock).
+
+    Schema (documented in the README): {"manifest-version": 1, "projects": {name:
+    {"versions": [...], "files": [{"filename", "sha256", "size", "requires-python",
+    "upload-time", "core-metadata-sha256", "yanked"}]}}}.
+    """
+    projects = {}
+    for name in sorted(catalogue):
+        page = local_page(name, catalogue[name])
+        projects[name] = {"versions": page.versions, "files": [{
+            "filename": entry.filename, "sha256": entry.sha256, "size": entry.size,
+            "requires-python": entry.requires_python, "upload-time": entry.upload_time,
+            "core-metadata-sha256": entry.core_metadata,
+            "yanked": entry.yanked or (entry.yanked is not None),
+        } for entry in page.files]}
+    doc = {"manifest-version": 1, "generator": f"pytail {__version__}", "projects": projects}
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class BucketObject:
+    """One object publishing wants in the bucket: from a file (`path`) or from `body`."""
+
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    cache_control: str
+    path: str | None = None
+    body: bytes | None = None
+
+    @property
+    def md5(self) -> str | None:
+        """The ETag S3 and R2 give a single-part upload of `body`."""
+        return hashlib.md5(self.body, usedforsecurity=False).hexdigest() \
+            if self.body is not None else None
+
+
+def _body_object(key: str, body: bytes, content_type: str, cache_control: str) -> BucketObject:
+    return BucketObject(key, len(body), hashlib.sha256(body).hexdigest(), content_type,
+                        cache_control, body=body)
+
+
+def plan_objects(directory: str, catalogue: Mapping[str, list[LocalFile]],
+                 prefix: str) -> tuple[list[BucketObject], list[BucketObject], BucketObject]:
+    """(package files and their .metadata, pages, manifest) for a directory (pure).
+
+    Layout: `packages/<filename>`, `packages/<filename>.metadata`, `simple/index.html`
+    and `simple/`, `simple/<project>/index.html` and `simple/<project>/` (both spellings,
+    since a public bucket maps URLs to exact keys), `simple/manifest-v1.json`.
+    """
+    files: list[BucketObject] = []
+    for entry in catalogue_files(catalogue):
+        key = prefix + PACKAGES_PREFIX + unicodedata.normalize("NFC", entry.filename)
+        files.append(BucketObject(key, entry.size, str(entry.sha256), "application/octet-stream",
+                                  IMMUTABLE, path=os.path.join(directory, entry.filename)))
+        if entry.metadata is not None:
+            files.append(_body_object(key + ".metadata", entry.metadata,
+                                      "text/plain; charset=utf-8", IMMUTABLE))
+    pages = []
+    for name in sorted(catalogue):
+        body = render_project_html(local_page(name, catalogue[name]), "../../")
+        for key in (f"{prefix}simple/{name}/index.html", f"{prefix}simple/{name}/"):
+            pages.append(_body_object(key, body, HTML_CONTENT_TYPE, PAGE_CACHE_CONTROL))
+    root = render_index_html(catalogue)
+    for key in (f"{prefix}simple/index.html", f"{prefix}simple/"):
+        pages.append(_body_object(key, root, HTML_CONTENT_TYPE, PAGE_CACHE_CONTROL))
+    manifest = _body_object(prefix + MANIFEST_KEY, build_manifest(catalogue),
+                            "application/json", PAGE_CACHE_CONTROL)
+    return files, pages, manifest
+
+
+def managed_key(key: str, prefix: str) -> bool:
+    """True for keys publishing owns (and may delete): packages/... and simple/..."""
+    rest = key[len(prefix):] if key.startswith(prefix) else None
+    return rest is not None and rest.startswith((PACKAGES_PREFIX, "simple/"))
+
+
+@dataclass
+class PublishReport:
+    """What a publish run did, for the summary line."""
+
+    uploaded: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    bytes: int = 0
+
+
+class Publisher:
+    """Makes a bucket match a package directory, incrementally and in a safe order.
+
+    Files first, then pages, then the manifest, then (with `delete`) stale objects, so a
+    reader never sees a link to a missing object. An object is skipped when the bucket
+    already has it: same size and, for bodies, the same MD5 ETag; for files, the sha256
+    of the previous manifest or of `x-amz-meta-sha256`. Prints one line per change.
+    """
+
+    def __init__(self, client: S3Client, *, prefix: str = "", dry_run: bool = False,
+                 delete: bool = False, multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+                 out: Callable[[str], None] = print) -> None:
+        self.client, self.prefix, self.dry_run, self.delete = client, prefix, dry_run, delete
+        self.threshold, self.out = multipart_threshold, out
+        self.report = PublishReport()
+
+    def run(self, directory: str, catalogue: Mapping[str, list[LocalFile]]) -> PublishReport:
+        files, pages, manifest = plan_objects(directory, catalogue, self.prefix)
+        listing = self.client.list_objects(self.prefix)
+        known = self._remote_manifest(listing)
+        for obj in [*files, *pages, manifest]:
+            if self._present(obj, listing.get(obj.key), known):
+                self.report.skipped += 1
+            else:
+                self._upload(obj)
+        if self.delete:
+            wanted = {o.key for o in [*files, *pages, manifest]}
+            for key in sorted(k for k in listing if k not in wanted
+                              and managed_key(k, self.prefix)):
+                self._delete(key)
+        return self.report
+
+    def _remote_manifest(self, listing: Mapping[str, ObjectInfo]) -> dict[str, str]:
+        """filename -> sha256 from the manifest already in the bucket (empty if none/bad)."""
+        if self.prefix + MANIFEST_KEY not in listing:
+            return {}
+        try:
+            doc = json.loads(self.client.get_object(self.prefix + MANIFEST_KEY))
+            return {f["filename"]: f["sha256"] for p in doc["projects"].values()
+                    for f in p["files"]}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("the bucket's %s is unreadable; checking objects one by one",
+                        MANIFEST_KEY)
+            return {}
+
+    def _present(self, obj: BucketObject, listed: ObjectInfo | None,
+                 known: Mapping[str, str]) -> bool:
+        if listed is None or listed.size != obj.size:
+            return False
+        if obj.md5 is not None and listed.etag == obj.md5:
+            return True
+        if obj.path is not None and known.get(obj.key.rsplit("/", 1)[-1]) == obj.sha256:
+            return True
+        head = self.client.head_object(obj.key)
+        return head is not None and head.get("x-amz-meta-sha256") == obj.sha256
+
+    def _upload(self, obj: BucketObject) -> None:
+        self.out(f"{'would upload' if self.dry_run else 'uploaded'} {obj.key} ({obj.size} bytes)")
+        self.report.uploaded += 1
+        self.report.bytes += obj.size
+        if self.dry_run:
+            return
+        meta = {"sha256": obj.sha256}
+        if obj.path is not None:
+            self.client.put_file(obj.key, obj.path, obj.size, content_type=obj.content_type,
+                                 cache_control=obj.cache_control, metadata=meta,
+                                 multipart_threshold=self.threshold)
+        else:
+            self.client.put_object(obj.key, obj.body or b"", content_type=obj.content_type,
+                                   cache_control=obj.cache_control, metadata=meta)
+
+    def _delete(self, key: str) -> None:
+        self.out(f"{'would delete' if self.dry_run else 'deleted'} {key}")
+        self.report.deleted += 1
+        if not self.dry_run:
+            self.client.delete_object(key)
+
+
+def credentials_from_env(env: Mapping[str, str]) -> Credentials | None:
+    """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), if both are set."""
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        return None
+    return Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+
+
+def rclone_remote(config_text: str, remote: str) -> tuple[Credentials, str | None, str | None]:
+    """(credentials, endpoint, region) of an S3 remote in rclone.conf text."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(config_text)
+    except configparser.Error as exc:
+        raise ConfigError(f"rclone config is unreadable: {exc.__class__.__name__}") from None
+    if not parser.has_section(remote):
+        raise ConfigError(f"rclone remote {remote!r} not found")
+    section = parser[remote]
+    if section.get("type") != "s3":
+        raise ConfigError(f"rclone remote {remote!r} is not of type s3")
+    key, secret = section.get("access_key_id"), section.get("secret_access_key")
+    if not key or not secret:
+        raise ConfigError(f"rclone remote {remote!r} has no access_key_id/secret_access_key")
+    return (Credentials(key, secret, section.get("session_token") or None),
+            section.get("endpoint") or None, section.get("region") or None)
+
+
+def check_endpoint(endpoint: str, allow_http: bool) -> str:
+    """An https endpoint, or http for loopback hosts (or when explicitly allowed)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint must be https://host[:port], got {endpoint!r}")
+    loopback = parts.hostname in ("localhost", "::1") or parts.hostname.startswith("127.")
+    if parts.scheme == "http" and not (loopback or allow_http):
+        raise ConfigError(f"refusing plain http to {parts.hostname} (credentials would travel "
+                          "unencrypted); use https or --allow-http")
+    return endpoint.rstrip("/")
+
+
+def normalize_prefix(prefix: str) -> str:
+    """'' or 'some/path/' from a --prefix value."""
+    cleaned = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in cleaned.split("/")) and cleaned:
+        raise ConfigError(f"invalid prefix {prefix!r}")
+    return cleaned + "/" if cleaned else ""
+
+
+def scan_directory(directory: str, cache_dir: str) -> dict[str, list[LocalFile]]:
+    """Catalogue a package directory (hashes cached in `<cache_dir>/index.sqlite3`)."""
+    if not os.path.isdir(directory):
+        raise ConfigError(f"package directory {directory!r} does not exist")
+    os.makedirs(cache_dir, exist_ok=True)
+    index = Index(os.path.join(cache_dir, "index.sqlite3"))
+    try:
+        return LocalPackages(directory, index, time.time).catalogue()
+    finally:
+        index.close()
 
 
 # =============================================================================
@@ -2240,6 +2991,14 @@ def upstream_arg(value: str) -> str | None:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def size_arg(value: str) -> int:
+    """argparse type for a size: bytes, or with a K/M/G (KiB/MiB/GiB) suffix."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size like 64MiB, got {value!r}")
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
 
 
 def _env(name: str, default: str) -> str:
@@ -2320,11 +3079,130 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_manifest_parser(sub: Any) -> None:
+    parser = sub.add_parser("manifest", help="write manifest-v1.json for a package directory",
+                            description="Write the manifest (schema in the README) of a flat "
+                            "directory of wheels and sdists. Same directory, same bytes.")
+    parser.add_argument("dir", help="the package directory")
+    parser.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                        help="where file hashes are cached [PYTAIL_CACHE_DIR] "
+                        f"(default {DEFAULT_CACHE_DIR})")
+    parser.set_defaults(func=cmd_manifest)
+
+
+def _add_bucket_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", required=True, help="bucket name")
+    parser.add_argument("--endpoint", help="S3 API endpoint, e.g. "
+                        "https://<account>.r2.cloudflarestorage.com (or from --rclone-remote)")
+    parser.add_argument("--region", default=None, help="signing region (default auto, R2's)")
+    parser.add_argument("--rclone-remote", metavar="NAME",
+                        help="take keys, endpoint and region from this rclone.conf remote; "
+                        "otherwise AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN)")
+    parser.add_argument("--rclone-config", metavar="FILE",
+                        help="rclone.conf to read (default $RCLONE_CONFIG or "
+                        "~/.config/rclone/rclone.conf)")
+    parser.add_argument("--allow-http", action="store_true",
+                        help="allow a plain http endpoint that is not on loopback")
+
+
+def _add_publish_parser(sub: Any) -> None:
+    parser = sub.add_parser("publish", help="publish a package directory to R2 / S3",
+                            description="Upload new and changed files, then static PEP 503 "
+                            "pages, then the manifest. Safe to run from cron.")
+    parser.add_argument("dir", help="the package directory")
+    _add_bucket_args(parser)
+    parser.add_argument("--prefix", default="", help="key prefix inside the bucket")
+    parser.add_argument("--dry-run", action="store_true", help="list what would change")
+    parser.add_argument("--delete", action="store_true",
+                        help="delete objects of files no longer in DIR (after the new pages "
+                        "and manifest are up)")
+    parser.add_argument("--multipart-threshold", type=size_arg, default="100MiB",
+                        help="multipart upload above this size (default 100MiB)")
+    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                        help="where file hashes are cached [PYTAIL_CACHE_DIR] "
+                        f"(default {DEFAULT_CACHE_DIR})")
+    parser.set_defaults(func=cmd_publish)
+
+
+def _add_presign_parser(sub: Any) -> None:
+    parser = sub.add_parser("presign", help="print a time-limited GET URL for one object")
+    parser.add_argument("key", help="object key, e.g. packages/pkg-1.0-py3-none-any.whl")
+    _add_bucket_args(parser)
+    parser.add_argument("--expires", type=int, default=3600,
+                        help="seconds the URL stays valid (1..604800, default 3600)")
+    parser.set_defaults(func=cmd_presign)
+
+
+def bucket_client(ns: argparse.Namespace, env: Mapping[str, str]) -> S3Client:
+    """The S3 client the bucket flags describe; credentials never from the command line."""
+    endpoint, region = ns.endpoint, ns.region
+    if ns.rclone_remote:
+        path = ns.rclone_config or env.get("RCLONE_CONFIG") or os.path.expanduser(
+            "~/.config/rclone/rclone.conf")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read rclone config {path}: {exc.strerror}") from None
+        creds, remote_endpoint, remote_region = rclone_remote(text, ns.rclone_remote)
+        endpoint, region = endpoint or remote_endpoint, region or remote_region
+    else:
+        found = credentials_from_env(env)
+        if found is None:
+            raise ConfigError("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "or use --rclone-remote")
+        creds = found
+    if not endpoint:
+        raise ConfigError("no endpoint: give --endpoint (or an rclone remote with one)")
+    return S3Client(check_endpoint(endpoint, ns.allow_http), ns.bucket, creds, region or "auto")
+
+
+def cmd_manifest(ns: argparse.Namespace) -> int:
+    """Write manifest-v1.json."""
+    data = build_manifest(scan_directory(ns.dir, ns.cache_dir))
+    if ns.output == "-":
+        sys.stdout.write(data.decode())
+    else:
+        try:
+            with open(ns.output, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {ns.output}: {exc.strerror}") from None
+    return 0
+
+
+def cmd_publish(ns: argparse.Namespace) -> int:
+    """Publish a directory; exit 0 only when everything is up."""
+    started = time.monotonic()
+    client = bucket_client(ns, os.environ)
+    catalogue = scan_directory(ns.dir, ns.cache_dir)
+    publisher = Publisher(client, prefix=normalize_prefix(ns.prefix), dry_run=ns.dry_run,
+                          delete=ns.delete, multipart_threshold=ns.multipart_threshold,
+                          out=lambda line: print(line, flush=True))
+    report = publisher.run(ns.dir, catalogue)
+    print(f"{'dry run' if ns.dry_run else 'published'}: {report.uploaded} uploaded, "
+          f"{report.skipped} skipped, {report.deleted} deleted, {report.bytes} bytes, "
+          f"{time.monotonic() - started:.1f} s", flush=True)
+    return 0
+
+
+def cmd_presign(ns: argparse.Namespace) -> int:
+    """Print a presigned GET URL."""
+    client = bucket_client(ns, os.environ)
+    print(presign_url("GET", client.url(ns.key), client.creds, client.region,
+                      datetime.datetime.now(datetime.timezone.utc), ns.expires))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytail", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"pytail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve_parser(sub)
+    _add_manifest_parser(sub)
+    _add_publish_parser(sub)
+    _add_presign_parser(sub)
     return parser
 
 

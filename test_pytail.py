@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import datetime
 import gzip
 import hashlib
 import http.client
 import http.server
 import io
+import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,7 +27,10 @@ import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1377,3 +1383,961 @@ def test_offline_installs_local_packages_with_upstream_stopped(
                                                      "solo")
     assert installed_version(target, "solo") == "2.0"
     assert upstream.requests == []
+
+
+# =============================================================================
+# 4. AWS Signature Version 4 (vectors) and 9. the S3 client
+# =============================================================================
+
+VECTORS_PATH = HERE.parent / "shared" / "spec" / "sigv4-vectors.json"  # shared/ beside the repo
+VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+UTC = datetime.timezone.utc
+MIB = 1024 * 1024
+
+
+def creds_of(c: dict[str, Any]) -> pytail.Credentials:
+    return pytail.Credentials(c["access_key_id"], c["secret_access_key"], c.get("token"))
+
+
+def when_of(stamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def signature_of(authorization: str) -> str:
+    return authorization.rpartition("Signature=")[2]
+
+
+def split_url(url: str) -> tuple[str, list[tuple[str, str]]]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.path, pytail.parse_query(parts.query)
+
+
+# =============================================================================
+# 4. AWS Signature Version 4: published and generated vectors (all of sigv4-vectors.json)
+# =============================================================================
+
+S3_CREDS = VECTORS["credentials_s3_examples"]
+R2 = VECTORS["botocore_generated_r2_cases_NOT_PUBLISHED"]
+SUITE_CREDS = VECTORS["credentials_generic_suite"]
+
+
+def check_header_vector(v: dict[str, Any], creds: pytail.Credentials, region: str,
+                        when: datetime.datetime) -> dict[str, str]:
+    """Sign like S3Client does and assert canonical request, string to sign, signature."""
+    if v["payload_hash"] != pytail.UNSIGNED_PAYLOAD:
+        assert hashlib.sha256(v["body"].encode()).hexdigest() == v["payload_hash"]
+    sent = pytail.sign_headers(v["method"], v["url"], v["headers"], v["payload_hash"], creds,
+                           region, "s3", when)
+    signed = {k: val for k, val in sent.items() if k != "authorization"}
+    assert pytail.canonical_headers(v["headers"])[1] == v["signed_headers"]
+    path, query = split_url(v["url"])
+    creq = pytail.canonical_request(v["method"], path, query, signed, v["payload_hash"])
+    assert creq == v["canonical_request"]
+    scope = pytail.credential_scope(when, region, "s3")
+    assert pytail.string_to_sign(when, scope, creq) == v["string_to_sign"]
+    assert signature_of(sent["authorization"]) == v["signature"]
+    return sent
+
+
+@pytest.mark.parametrize("v", VECTORS["s3_header_examples"], ids=lambda v: v["name"])
+def test_s3_header_examples(v: dict[str, Any]) -> None:
+    sent = check_header_vector(v, creds_of(S3_CREDS), "us-east-1", when_of(S3_CREDS["amz_date"]))
+    # AWS prints the compact "…,SignedHeaders=…,Signature=…"; we send botocore's ", " form.
+    published = v["authorization"].replace(",SignedHeaders=", ", SignedHeaders=")
+    assert sent["authorization"] == published.replace(",Signature=", ", Signature=")
+
+
+@pytest.mark.parametrize("v", R2["header_cases"], ids=lambda v: v["name"])
+def test_r2_header_cases(v: dict[str, Any]) -> None:
+    c = R2["credentials"]
+    check_header_vector(v, creds_of(c), c["region"], when_of(c["amz_date"]))
+    client = pytail.S3Client(f"https://{c['host']}", "pkgs", creds_of(c))
+    assert client.url(v["object_key"], v["query_params"]) == v["url"]
+
+
+def check_presigned(v: dict[str, Any], creds: pytail.Credentials, region: str,
+                    when: datetime.datetime) -> None:
+    url = pytail.presign_url(v["method"], v["url"], creds, region, when, v["expires"])
+    assert url == v["presigned_url"]
+    path, query = split_url(url)
+    host = urllib.parse.urlsplit(url).netloc
+    unsigned = [(k, val) for k, val in query if k != "X-Amz-Signature"]
+    creq = pytail.canonical_request(v["method"], path, unsigned, {"Host": host}, pytail.UNSIGNED_PAYLOAD)
+    assert creq == v["canonical_request"]
+    sts = pytail.string_to_sign(when, pytail.credential_scope(when, region, "s3"), creq)
+    assert sts == v["string_to_sign"]
+    assert dict(query)["X-Amz-Signature"] == v["signature"]
+
+
+@pytest.mark.parametrize("v", VECTORS["s3_presigned_examples"], ids=lambda v: v["name"])
+def test_s3_presigned_examples(v: dict[str, Any]) -> None:
+    check_presigned(v, creds_of(S3_CREDS), "us-east-1", when_of(S3_CREDS["amz_date"]))
+
+
+@pytest.mark.parametrize("v", R2["presigned_cases"], ids=lambda v: v["name"])
+def test_r2_presigned_cases(v: dict[str, Any]) -> None:
+    c = R2["credentials"]
+    check_presigned(v, creds_of(c), c["region"], when_of(c["amz_date"]))
+
+
+@pytest.mark.parametrize("c", [S3_CREDS, SUITE_CREDS, R2["credentials"]],
+                         ids=["s3-examples", "generic-suite", "r2-generated"])
+def test_derived_signing_key(c: dict[str, str]) -> None:
+    key = pytail.signing_key(c["secret_access_key"], c["amz_date"][:8], c["region"], c["service"])
+    if "derived_signing_key_hex" in c:
+        assert key.hex() == c["derived_signing_key_hex"]
+    else:  # R2 block publishes none: its header signatures pin the key instead
+        assert len(key) == 32
+
+
+def parse_suite_request(text: str) -> tuple[str, str, list[tuple[str, str]], bytes]:
+    """Method, target, headers (obs-fold continuations kept) and body of a request.txt."""
+    head, _, body = text.partition("\n\n")
+    first, *lines = head.split("\n")
+    method, _, rest = first.partition(" ")
+    headers: list[tuple[str, str]] = []
+    for line in filter(None, lines):
+        if line[0] in " \t":
+            headers[-1] = (headers[-1][0], headers[-1][1] + "\n" + line)
+        else:
+            name, _, value = line.partition(":")
+            headers.append((name, value))
+    return method, rest.rpartition(" ")[0], headers, body.encode()
+
+
+def merged(headers: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key, value = name.lower(), " ".join(value.split())
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+class SuiteCase:
+    """One generic-suite case, with the S3 signer's optional generic-service switches."""
+
+    def __init__(self, case: dict[str, Any]) -> None:
+        ctx = case["context"]
+        self.case, self.normalize, self.sign_body = case, ctx["normalize"], ctx["sign_body"]
+        self.method, target, self.headers, body = parse_suite_request(case["request"])
+        host = dict((k.lower(), v) for k, v in self.headers)["host"]
+        self.url, self.path = f"https://{host}{target}", target.partition("?")[0]
+        self.payload = hashlib.sha256(body).hexdigest()
+        self.token = ctx["credentials"].get("token")
+        # omit_session_token: sign as if there were no token, append it afterwards.
+        omit = ctx.get("omit_session_token", False)
+        self.creds = creds_of({**ctx["credentials"], "token": None if omit else self.token})
+        self.when = datetime.datetime.fromisoformat(ctx["timestamp"].replace("Z", "+00:00"))
+        self.region, self.service = ctx["region"], ctx["service"]
+
+    def signed_request(self, variant: str) -> tuple[str, list[tuple[str, str]]]:
+        _, target, headers, _ = parse_suite_request(self.case[variant]["signed_request"])
+        return target, headers
+
+
+@pytest.mark.parametrize("case", VECTORS["generic_suite"], ids=lambda c: c["name"])
+def test_generic_suite_header(case: dict[str, Any]) -> None:
+    t, want = SuiteCase(case), case["header"]
+    sent = pytail.sign_headers(t.method, t.url, t.headers, t.payload, t.creds, t.region, t.service,
+                           t.when, normalize=t.normalize, sign_payload=t.sign_body)
+    signed = {k: v for k, v in sent.items() if k != "authorization"}
+    creq = pytail.canonical_request(t.method, t.path, split_url(t.url)[1], signed, t.payload,
+                                normalize=t.normalize)
+    assert creq == want["canonical_request"]
+    scope = pytail.credential_scope(t.when, t.region, t.service)
+    assert pytail.string_to_sign(t.when, scope, creq) == want["string_to_sign"]
+    assert signature_of(sent["authorization"]) == want["signature"]
+    if t.token and t.creds.session_token is None:
+        sent["x-amz-security-token"] = t.token
+    assert sent == merged(t.signed_request("header")[1])  # incl. Authorization, byte for byte
+
+
+@pytest.mark.parametrize("case", VECTORS["generic_suite"], ids=lambda c: c["name"])
+def test_generic_suite_query(case: dict[str, Any]) -> None:
+    t, want = SuiteCase(case), case["query"]
+    url = pytail.presign_url(t.method, t.url, t.creds, t.region, t.when,
+                         case["context"]["expiration_in_seconds"], t.service,
+                         headers=t.headers, payload_hash=t.payload, normalize=t.normalize)
+    query = split_url(url)[1]
+    unsigned = [(k, v) for k, v in query if k != "X-Amz-Signature"]
+    creq = pytail.canonical_request(t.method, t.path, unsigned, t.headers, t.payload,
+                                normalize=t.normalize)
+    assert creq == want["canonical_request"]
+    scope = pytail.credential_scope(t.when, t.region, t.service)
+    assert pytail.string_to_sign(t.when, scope, creq) == want["string_to_sign"]
+    assert dict(query)["X-Amz-Signature"] == want["signature"]
+    if t.token and t.creds.session_token is None:
+        query.append(("X-Amz-Security-Token", t.token))
+    target = t.signed_request("query")[0]
+    assert sorted(query) == sorted(split_url(target)[1])  # same parameters, any order
+
+
+@pytest.mark.parametrize("s, encode_slash, expected", [
+    ("simple/foo/", False, "simple/foo/"),
+    ("simple/foo/", True, "simple%2Ffoo%2F"),
+    ("a b+c~(1)!*'=&.txt", False, "a%20b%2Bc~%281%29%21%2A%27%3D%26.txt"),
+    ("ünï", False, "%C3%BCn%C3%AF"),
+    ("-._~AZaz09", True, "-._~AZaz09"),
+    ("x:y@z$", True, "x%3Ay%40z%24"),
+])
+def test_uri_encode(s: str, encode_slash: bool, expected: str) -> None:
+    assert pytail.uri_encode(s, encode_slash) == expected
+
+
+@pytest.mark.parametrize("path, normalize, expected", [
+    ("/pkgs/simple/foo/", False, "/pkgs/simple/foo/"),
+    ("/a%20b", False, "/a%20b"),
+    ("/a b", False, "/a%20b"),
+    ("/x%252Fy", False, "/x%252Fy"),  # key "x%2Fy" stays itself
+    ("//a/./b/../", False, "//a/./b/../"),  # S3: never normalised
+    ("//a/./b/../", True, "/a/"),
+    ("", False, "/"),
+])
+def test_canonical_uri(path: str, normalize: bool, expected: str) -> None:
+    assert pytail.canonical_uri(path, normalize) == expected
+
+
+def test_credentials_repr_hides_secret_and_token() -> None:
+    creds = pytail.Credentials("AKID", "s3cr3t-value", "t0ken-value")
+    assert "AKID" in repr(creds)
+    for text in (repr(creds), str(creds), repr(pytail.S3Client("http://127.0.0.1:1", "b", creds))):
+        assert "s3cr3t" not in text and "t0ken" not in text
+
+
+def test_sign_headers_adds_session_token_and_fresh_date() -> None:
+    creds = pytail.Credentials("AKID", "secret", "TOKEN")
+    plus_one = datetime.timezone(datetime.timedelta(hours=1))
+    when = datetime.datetime(2025, 1, 1, 13, 0, tzinfo=plus_one)
+    sent = pytail.sign_headers("GET", "http://127.0.0.1:9000/b/k", {}, pytail.EMPTY_SHA256, creds,
+                           "auto", "s3", when)
+    assert sent["x-amz-date"] == "20250101T120000Z"  # converted to UTC
+    assert sent["x-amz-security-token"] == "TOKEN"
+    assert "x-amz-security-token" in sent["authorization"]
+    assert sent["host"] == "127.0.0.1:9000"
+
+
+def test_presign_rejects_bad_expiry() -> None:
+    with pytest.raises(pytail.PytailError, match="expiry"):
+        pytail.presign_url("GET", "https://h/b/k", pytail.Credentials("a", "b"), "auto",
+                       datetime.datetime(2025, 1, 1, tzinfo=UTC), 604801)
+
+
+# =============================================================================
+# 9. S3 client: pure parts
+# =============================================================================
+
+@pytest.mark.parametrize("size, expected", [
+    (0, 5 * MIB),
+    (1, 5 * MIB),
+    (11 * MIB, 5 * MIB),
+    (5 * MIB * 10_000, 5 * MIB),  # exactly 10,000 parts of the minimum
+    (5 * MIB * 10_000 + 1, 6 * MIB),  # one byte more: next whole MiB
+    (100 * 1024 * MIB, 11 * MIB),  # 100 GiB
+    (1024 * 1024 * MIB, 105 * MIB),  # 1 TiB
+])
+def test_plan_parts(size: int, expected: int) -> None:
+    part = pytail.plan_parts(size)
+    assert part == expected
+    assert part >= pytail.S3_MIN_PART and -(-size // part) <= pytail.S3_MAX_PARTS
+
+
+def test_plan_parts_custom_limits_and_too_large() -> None:
+    assert pytail.plan_parts(100, min_part=10, max_parts=20) == 10
+    assert pytail.plan_parts(3 * MIB, min_part=1, max_parts=2) == 2 * MIB
+    with pytest.raises(pytail.PublishError, match="too large"):
+        pytail.plan_parts(pytail.S3_MAX_PART * pytail.S3_MAX_PARTS + 1)
+
+
+def test_s3_error_is_one_line() -> None:
+    err = pytail.S3Error("SlowDown", "Please reduce\n  your request rate.", "PUT", "a\nb", 503)
+    assert str(err) == "S3 SlowDown: Please reduce your request rate. (PUT a b, HTTP 503)"
+    assert isinstance(err, pytail.PublishError)
+
+
+def test_metadata_must_be_ascii() -> None:
+    client = pytail.S3Client("http://127.0.0.1:1", "b", pytail.Credentials("a", "b"))
+    with pytest.raises(pytail.PublishError, match="metadata"):
+        client.put_object("k", b"", metadata={"sha256": "é"})
+
+
+# =============================================================================
+# 9. S3 client against a scripted loopback server (retries, multipart protocol)
+# =============================================================================
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+class FakeS3:
+    """A ThreadingHTTPServer on 127.0.0.1 whose replies come from `self.handler`."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.handler: Callable[[str, str, bytes], Reply | None] = lambda m, p, b: (200, {}, b"")
+        self.release = threading.Event()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                fake.requests.append((self.command, self.path,
+                                      {k.lower(): v for k, v in self.headers.items()}, body))
+                reply = fake.handler(self.command, self.path, body)
+                if reply is None:  # hang until the client gives up
+                    fake.release.wait(5)
+                    return
+                status, headers, data = reply
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def error_xml(code: str, message: str) -> bytes:
+    return (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+            f"<Message>{message}</Message><RequestId>1</RequestId></Error>").encode()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeS3]:
+    server = FakeS3()
+    yield server
+    server.close()
+
+
+class Recorder:
+    """Injected sleep and clock: records delays, and ticks one second per reading."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+        self.ticks = itertools.count()
+
+    def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+
+    def clock(self) -> datetime.datetime:
+        start = datetime.datetime(2025, 1, 1, tzinfo=UTC)
+        return start + datetime.timedelta(seconds=next(self.ticks))
+
+
+SECRET = "fake-secret-never-logged"
+
+
+def client_for(url: str, rec: Recorder, **kw: Any) -> pytail.S3Client:
+    return pytail.S3Client(url, "bkt", pytail.Credentials("AKID", SECRET, "TOKEN-never-logged"),
+                       clock=rec.clock, sleep=rec.sleep, **kw)
+
+
+def test_retries_503_then_succeeds(fake: FakeS3, caplog: pytest.LogCaptureFixture) -> None:
+    slow_down = error_xml("SlowDown", "Please reduce your request rate.")
+    replies: Iterator[Reply | None] = iter([(503, {}, slow_down),
+                    (503, {}, b""), (200, {"ETag": '"x"'}, b"")])
+    fake.handler = lambda m, p, b: next(replies)
+    rec = Recorder()
+    caplog.set_level(logging.DEBUG, logger="pytail")
+    client_for(fake.url, rec, backoff_base=0.25).put_object("dir/a b.txt", b"data")
+    assert len(fake.requests) == 3 and rec.sleeps == [0.25, 0.5]
+    dates = {headers["x-amz-date"] for _, _, headers, _ in fake.requests}
+    assert len(dates) == 3  # re-signed for every attempt
+    assert all(r[0:2] == ("PUT", "/bkt/dir/a%20b.txt") and r[3] == b"data" for r in fake.requests)
+    assert "SlowDown" in caplog.text
+    assert SECRET not in caplog.text and "never-logged" not in caplog.text
+    assert "Signature=" not in caplog.text
+
+
+def test_retries_exhausted_raises_last_error(fake: FakeS3) -> None:
+    fake.handler = lambda m, p, b: (500, {}, error_xml("InternalError", "We encountered an error."))
+    rec = Recorder()
+    with pytest.raises(pytail.S3Error) as info:
+        client_for(fake.url, rec, retries=2).get_object("k")
+    assert str(info.value) == "S3 InternalError: We encountered an error. (GET k, HTTP 500)"
+    assert len(fake.requests) == 3 and rec.sleeps == [0.2, 0.4]
+
+
+def test_429_is_retried_403_is_not(fake: FakeS3) -> None:
+    denied = error_xml("AccessDenied", "Access Denied")
+    replies: Iterator[Reply | None] = iter([(429, {}, b""), (403, {}, denied)])
+    fake.handler = lambda m, p, b: next(replies)
+    rec = Recorder()
+    with pytest.raises(pytail.S3Error,
+                       match=r"^S3 AccessDenied: Access Denied \(DELETE k, HTTP 403\)$"):
+        client_for(fake.url, rec).delete_object("k")
+    assert len(fake.requests) == 2 and rec.sleeps == [0.2]
+
+
+def test_head_404_is_none_and_bodyless_403_is_named(fake: FakeS3) -> None:
+    replies: Iterator[Reply | None] = iter([(404, {}, b""), (403, {}, b"")])
+    fake.handler = lambda m, p, b: next(replies)
+    client = client_for(fake.url, Recorder())
+    assert client.head_object("missing") is None
+    with pytest.raises(pytail.S3Error, match=r"^S3 Forbidden: .*\(HEAD k, HTTP 403\)$"):
+        client.head_object("k")
+
+
+def test_timeout_is_retried(fake: FakeS3) -> None:
+    replies: Iterator[Reply | None] = iter([None, (200, {}, b"late")])
+    fake.handler = lambda m, p, b: next(replies)
+    rec = Recorder()
+    assert client_for(fake.url, rec, timeout=0.3).get_object("k") == b"late"
+    assert rec.sleeps == [0.2]
+
+
+def test_connection_refused_is_retried_then_reported() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rec = Recorder()
+    with pytest.raises(pytail.S3Error, match=r"^S3 ConnectionRefusedError: .*\(GET k, no response\)$"):
+        client_for(f"http://127.0.0.1:{port}", rec, retries=2).get_object("k")
+    assert rec.sleeps == [0.2, 0.4]
+
+
+def multipart_handler(fail_part: int | None = None, error_in_complete: bool = False
+                      ) -> Callable[[str, str, bytes], Reply]:
+    completes = itertools.count()
+
+    def handle(method: str, path: str, body: bytes) -> Reply:
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query, True))
+        if method == "POST" and "uploads" in query:
+            return 200, {}, b"<InitiateMultipartUploadResult><UploadId>u+/=1</UploadId>" \
+                            b"</InitiateMultipartUploadResult>"
+        if method == "PUT" and query.get("partNumber") == str(fail_part):
+            return 403, {}, error_xml("AccessDenied", "Access Denied")
+        if method == "PUT":
+            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "POST" and error_in_complete and next(completes) == 0:
+            return 200, {}, error_xml("InternalError", "try again")
+        return (204 if method == "DELETE" else 200), {}, b"<CompleteMultipartUploadResult/>"
+    return handle
+
+
+def test_multipart_protocol(fake: FakeS3, tmp_path: Path) -> None:
+    data = bytes(range(256)) * (50 * 1024)  # 12.5 MiB: parts 5, 5, 2.5 MiB
+    path = tmp_path / "big.whl"
+    path.write_bytes(data)
+    fake.handler = multipart_handler(error_in_complete=True)
+    rec = Recorder()
+    client_for(fake.url, rec).put_file("pkgs/big.whl", str(path), len(data),
+                                       multipart_threshold=MIB, metadata={"sha256": "abc"},
+                                       content_type="application/zip")
+    create, *parts, complete, complete_again = fake.requests
+    assert create[1] == "/bkt/pkgs/big.whl?uploads="
+    assert create[2]["x-amz-meta-sha256"] == "abc"
+    assert create[2]["content-type"] == "application/zip"
+    assert [len(p[3]) for p in parts] == [5 * MIB, 5 * MIB, len(data) - 10 * MIB]
+    for number, (method, target, headers, body) in enumerate(parts, start=1):
+        assert target == f"/bkt/pkgs/big.whl?partNumber={number}&uploadId=u%2B%2F%3D1"
+        assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+        assert headers["content-length"] == str(len(body))
+    assert b"".join(p[3] for p in parts) == data
+    assert complete[3] == complete_again[3] and complete[3].count(b"<Part>") == 3
+    assert rec.sleeps == [0.2]  # the <Error> inside a 200 was retried
+
+
+def test_multipart_aborts_on_failure(fake: FakeS3, tmp_path: Path) -> None:
+    path = tmp_path / "big.whl"
+    path.write_bytes(b"x" * (11 * MIB))
+    fake.handler = multipart_handler(fail_part=2)
+    with pytest.raises(pytail.S3Error, match="AccessDenied"):
+        client_for(fake.url, Recorder()).put_file("big.whl", str(path), 11 * MIB,
+                                                  multipart_threshold=MIB)
+    assert [r[0] for r in fake.requests] == ["POST", "PUT", "PUT", "DELETE"]
+    assert fake.requests[-1][1] == "/bkt/big.whl?uploadId=u%2B%2F%3D1"
+
+
+def test_put_file_single_streams_and_hashes(fake: FakeS3, tmp_path: Path) -> None:
+    path = tmp_path / "f.tar.gz"
+    path.write_bytes(b"abc" * 1000)
+    client_for(fake.url, Recorder()).put_file("f.tar.gz", str(path), 3000, cache_control="no-cache")
+    (method, target, headers, body), = fake.requests
+    assert (method, body, headers["cache-control"]) == ("PUT", b"abc" * 1000, "no-cache")
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_put_file_shorter_than_size_is_not_sent(fake: FakeS3, tmp_path: Path) -> None:
+    path = tmp_path / "short"
+    path.write_bytes(b"abc")
+    with pytest.raises(pytail.PublishError, match="ended before byte"):
+        client_for(fake.url, Recorder()).put_file("k", str(path), 10)
+    assert fake.requests == []
+
+
+# =============================================================================
+# 9. S3 client against moto_server with SigV4 checking on
+# =============================================================================
+
+MOTO_RAW_URI = (5, 2, 5)  # first moto that checks SigV4 against the request URI as sent
+
+
+class Moto:
+    """A running moto_server with SigV4 checking on, its bucket and IAM credentials."""
+
+    def __init__(self, url: str, bucket: str, creds: pytail.Credentials,
+                 version: tuple[int, ...]) -> None:
+        self.url, self.bucket, self.creds, self.version = url, bucket, creds, version
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 20) -> None:
+    """Bounded polling until `url` answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def bootstrap_moto(endpoint: str, bucket: str) -> pytail.Credentials:
+    """IAM user with s3:*, its key, the bucket; then switch signature checking on."""
+    import boto3  # test-only: pytail itself never uses it
+
+    kw: dict[str, Any] = dict(endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam, client = boto3.client("iam", **kw), boto3.client("s3", **kw)
+    iam.create_user(UserName="ci")
+    iam.put_user_policy(UserName="ci", PolicyName="s3-all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="ci")["AccessKey"]
+    client.create_bucket(Bucket=bucket)
+    urllib.request.urlopen(urllib.request.Request(
+        endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+        headers={"Content-Type": "text/plain"}), timeout=10).read()
+    return pytail.Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+def moto_version(python: str) -> tuple[int, ...] | None:
+    """moto's version as importable by `python` (with its server extra), or None."""
+    probe = subprocess.run([python, "-c", "import moto, moto.server; print(moto.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return None
+    return tuple(int(n) for n in re.findall(r"\d+", probe.stdout)[:3])
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    """moto_server on a free 127.0.0.1 port, run by $PYTAIL_MOTO_PYTHON or this interpreter."""
+    python = os.environ.get("PYTAIL_MOTO_PYTHON") or sys.executable
+    version = moto_version(python)
+    if version is None:
+        if REQUIRE_CLIENTS:
+            pytest.fail(f"moto[server] is not importable by {python} (run .ci/run)")
+        pytest.skip(f"moto[server] is not importable by {python}")
+    port = free_port()
+    logfile = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=logfile, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/moto-api/")
+        yield Moto(url, "pytail-test", bootstrap_moto(url, "pytail-test"), version)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        logfile.close()
+
+
+@pytest.fixture
+def client(moto: Moto) -> pytail.S3Client:
+    return pytail.S3Client(moto.url, moto.bucket, moto.creds, "auto", retries=0)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique key prefix per test (no '/', see test_moto_round_trip_odd_keys)."""
+    return f"t-{uuid.uuid4().hex[:8]}-"
+
+
+def test_moto_wrong_secret_is_one_line_signature_error(moto: Moto, prefix: str) -> None:
+    bad = pytail.Credentials(moto.creds.access_key, "wrong-" + moto.creds.secret_key)
+    with pytest.raises(pytail.S3Error) as info:
+        pytail.S3Client(moto.url, moto.bucket, bad, retries=0).put_object(prefix + "x", b"x")
+    text = str(info.value)
+    assert text.startswith("S3 SignatureDoesNotMatch: ")
+    assert text.endswith(f"(PUT {prefix}x, HTTP 403)")
+    assert "\n" not in text and bad.secret_key not in text
+    assert info.value.code == "SignatureDoesNotMatch"
+
+
+def round_trip(client: pytail.S3Client, prefix: str, keys: list[str]) -> None:
+    """put with headers and metadata, then list, head and get every key back."""
+    bodies = {prefix + key: f"<html>{i}</html>".encode() for i, key in enumerate(keys)}
+    for key, body in bodies.items():
+        client.put_object(key, body, content_type="text/html", cache_control="max-age=60",
+                          metadata={"sha256": hashlib.sha256(body).hexdigest()})
+    listed = client.list_objects(prefix)
+    assert sorted(listed) == sorted(bodies)
+    for key, body in bodies.items():
+        head = client.head_object(key)
+        assert head is not None
+        assert head["x-amz-meta-sha256"] == hashlib.sha256(body).hexdigest()
+        assert (head["content-type"], head["cache-control"]) == ("text/html", "max-age=60")
+        assert client.get_object(key) == body
+        assert (listed[key].size, listed[key].etag) == (len(body), hashlib.md5(body).hexdigest())
+
+
+def test_moto_round_trip(client: pytail.S3Client, prefix: str) -> None:
+    round_trip(client, prefix, ["simple/", "simple/foo/", "simple/foo/index.html",
+                                "pkgs/foo-1.0-py3-none-any.whl", "a//b/./c/../d"])
+
+
+def test_moto_round_trip_odd_keys(moto: Moto, client: pytail.S3Client, prefix: str) -> None:
+    if moto.version < MOTO_RAW_URI:
+        pytest.skip("moto < 5.2.5 checks SigV4 against werkzeug's IRI-decoded URL, so every"
+                    " correct signer (botocore too) gets SignatureDoesNotMatch for reserved or"
+                    " UTF-8 key characters and '/' in query values; run with"
+                    " PYTAIL_MOTO_PYTHON=<python with moto[server]>=5.2.5>")
+    round_trip(client, prefix + "odd/", ["a b+c~(1).txt", "ünï/çødé.txt",
+                                         "odd!*'=&:@$,;.txt", "x%2Fy", "sp ace/"])
+
+
+def test_moto_missing_objects(client: pytail.S3Client, prefix: str) -> None:
+    assert client.head_object(prefix + "nope") is None
+    with pytest.raises(pytail.S3Error, match=rf"^S3 NoSuchKey: .*\(GET {prefix}nope, HTTP 404\)$"):
+        client.get_object(prefix + "nope")
+    assert client.list_objects(prefix) == {}
+
+
+def test_moto_pagination(client: pytail.S3Client, prefix: str,
+                         caplog: pytest.LogCaptureFixture) -> None:
+    keys = [f"{prefix}p{i}" for i in range(5)]
+    for key in keys:
+        client.put_object(key, b"")
+    caplog.set_level(logging.DEBUG, logger="pytail")
+    assert sorted(client.list_objects(prefix + "p", page_size=2)) == keys
+    assert caplog.text.count(f"S3 GET bucket {client.bucket}: HTTP 200") == 3
+
+
+def test_moto_multipart_keeps_metadata(client: pytail.S3Client, prefix: str,
+                                       tmp_path: Path) -> None:
+    data = hashlib.sha256(b"seed").digest() * (11 * MIB // 32)  # 11 MiB: parts 5, 5, 1
+    path = tmp_path / "big.whl"
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    client.put_file(prefix + "big.whl", str(path), len(data), multipart_threshold=5 * MIB,
+                    part_size=5 * MIB, metadata={"sha256": digest}, cache_control="immutable")
+    head = client.head_object(prefix + "big.whl")
+    assert head is not None
+    assert head["x-amz-meta-sha256"] == digest and head["cache-control"] == "immutable"
+    assert head["content-length"] == str(len(data)) and head["etag"].endswith('-3"')
+    assert client.get_object(prefix + "big.whl") == data
+
+
+def test_moto_multipart_failure_aborts(client: pytail.S3Client, prefix: str,
+                                       tmp_path: Path) -> None:
+    path = tmp_path / "short.whl"
+    path.write_bytes(b"y" * (11 * MIB))  # promised 12 MiB: part 3 cannot be read
+    with pytest.raises(pytail.PublishError, match="ended before byte"):
+        client.put_file(prefix + "short.whl", str(path), 12 * MIB, multipart_threshold=MIB,
+                        part_size=5 * MIB)
+    pending = ET.fromstring(client._request("GET", None, [("uploads", "")]).body)
+    keys = [u.findtext("{*}Key") for u in pending.iterfind("{*}Upload")]
+    assert prefix + "short.whl" not in keys
+    assert client.list_objects(prefix) == {}
+
+
+def test_moto_delete(client: pytail.S3Client, prefix: str) -> None:
+    client.put_object(prefix + "gone", b"x")
+    client.delete_object(prefix + "gone")
+    assert client.head_object(prefix + "gone") is None
+    client.delete_object(prefix + "gone")  # deleting a missing key is not an error
+
+
+# =============================================================================
+# 9. Manifest and publishing (against moto, then served back as a static index)
+# =============================================================================
+
+
+def test_manifest_is_deterministic_and_documented(packages: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    wheel = make_wheel(packages, "pub-a", "1.0", requires_python=">=3.9")
+    make_sdist(packages, "pub-a", "0.9")
+    (packages / f"{wheel.name}.yanked").write_text("oops")
+    out = tmp_path / "manifest-v1.json"
+    assert pytail.main(["manifest", str(packages), "-o", str(out),
+                        "--cache-dir", str(tmp_path / "c1")]) == 0
+    assert pytail.main(["manifest", str(packages), "--cache-dir", str(tmp_path / "c2")]) == 0
+    assert capsys.readouterr().out.encode() == out.read_bytes()  # same dir, same bytes
+    doc = json.loads(out.read_bytes())
+    assert doc["manifest-version"] == 1
+    files = {f["filename"]: f for f in doc["projects"]["pub-a"]["files"]}
+    entry = files[wheel.name]
+    assert entry == {"filename": wheel.name, "sha256": sha(wheel.read_bytes()),
+                     "size": wheel.stat().st_size, "requires-python": ">=3.9",
+                     "upload-time": entry["upload-time"],
+                     "core-metadata-sha256": sha(wheel_metadata_bytes(wheel)), "yanked": "oops"}
+    assert files["pub_a-0.9.tar.gz"]["core-metadata-sha256"] is None
+    assert doc["projects"]["pub-a"]["versions"] == ["0.9", "1.0"]
+    readme = (HERE / "README.md").read_text()
+    for key in ("manifest-version", "core-metadata-sha256", "upload-time", "yanked"):
+        assert key in readme
+
+
+def test_manifest_missing_dir_is_one_line(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    assert pytail.main(["manifest", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err.startswith("pytail: error: package directory")
+
+
+@pytest.mark.parametrize("endpoint,allow,ok", [
+    ("https://acct.r2.cloudflarestorage.com", False, True),
+    ("http://127.0.0.1:9000", False, True), ("http://localhost:9000", False, True),
+    ("http://10.0.0.5:9000", False, False), ("http://10.0.0.5:9000", True, True),
+    ("ftp://x", True, False),
+])
+def test_plain_http_only_for_loopback(endpoint: str, allow: bool, ok: bool) -> None:
+    if ok:
+        assert pytail.check_endpoint(endpoint, allow) == endpoint
+    else:
+        with pytest.raises(pytail.ConfigError):
+            pytail.check_endpoint(endpoint, allow)
+
+
+def test_rclone_remote() -> None:
+    text = ("[r2]\ntype = s3\nprovider = Cloudflare\naccess_key_id = AK\n"
+            "secret_access_key = SK\nendpoint = https://acct.r2.cloudflarestorage.com\n"
+            "[gd]\ntype = drive\n")
+    creds, endpoint, region = pytail.rclone_remote(text, "r2")
+    assert (creds.access_key, creds.secret_key, endpoint, region) == \
+        ("AK", "SK", "https://acct.r2.cloudflarestorage.com", None)
+    for remote in ("gd", "missing"):
+        with pytest.raises(pytail.ConfigError):
+            pytail.rclone_remote(text, remote)
+
+
+@pytest.fixture
+def bucket_env(moto: Moto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Any]:
+    """Runs `pytail publish` against moto with credentials in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto.creds.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto.creds.secret_key)
+    prefix = f"pub-{uuid.uuid4().hex[:8]}"
+
+    def run(directory: Path, *extra: str) -> int:
+        return pytail.main(["publish", str(directory), "--bucket", moto.bucket, "--endpoint",
+                            moto.url, "--prefix", prefix, "--cache-dir", str(tmp_path / "pc"),
+                            *extra])
+    run.prefix = prefix  # type: ignore[attr-defined]
+    return run
+
+
+def uploaded(out: str) -> list[str]:
+    return sorted(line.split()[1] for line in out.splitlines() if line.startswith("uploaded "))
+
+
+def test_publish_is_incremental(bucket_env: Callable[..., Any], packages: Path, moto: Moto,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    make_wheel(packages, "pub-a", "1.0")
+    make_sdist(packages, "pub-b", "2.0")
+    assert bucket_env(packages) == 0
+    out = capsys.readouterr().out
+    p = bucket_env.prefix + "/"  # type: ignore[attr-defined]
+    assert uploaded(out) == sorted(p + k for k in [
+        "packages/pub_a-1.0-py3-none-any.whl", "packages/pub_a-1.0-py3-none-any.whl.metadata",
+        "packages/pub_b-2.0.tar.gz", "simple/pub-a/", "simple/pub-a/index.html",
+        "simple/pub-b/", "simple/pub-b/index.html", "simple/", "simple/index.html",
+        "simple/manifest-v1.json"])
+    assert out.splitlines()[-1].startswith("published: 10 uploaded, 0 skipped, 0 deleted, ")
+    assert out.splitlines()[-2] == f"uploaded {p}simple/manifest-v1.json " \
+        f"({len(S3View(moto, p).get('simple/manifest-v1.json'))} bytes)"  # manifest last
+    assert bucket_env(packages) == 0
+    again = capsys.readouterr().out
+    assert uploaded(again) == [] and "0 uploaded, 10 skipped" in again
+    make_wheel(packages, "pub-a", "1.1")
+    assert bucket_env(packages) == 0
+    assert uploaded(capsys.readouterr().out) == sorted(p + k for k in [
+        "packages/pub_a-1.1-py3-none-any.whl", "packages/pub_a-1.1-py3-none-any.whl.metadata",
+        "simple/pub-a/", "simple/pub-a/index.html", "simple/manifest-v1.json"])
+    view = S3View(moto, p)
+    head = view.client.head_object(p + "packages/pub_a-1.1-py3-none-any.whl")
+    assert head is not None and head["cache-control"] == pytail.IMMUTABLE
+    assert head["x-amz-meta-sha256"] == sha((packages / "pub_a-1.1-py3-none-any.whl").read_bytes())
+    assert "content-encoding" not in view.client.head_object(p + "packages/pub_b-2.0.tar.gz")
+    page = view.client.head_object(p + "simple/pub-a/")
+    assert page["content-type"] == "text/html; charset=utf-8"
+    assert "must-revalidate" in page["cache-control"]
+
+
+class S3View:
+    """Read access to what a publish left in the bucket."""
+
+    def __init__(self, moto: Moto, prefix: str) -> None:
+        self.client = pytail.S3Client(moto.url, moto.bucket, moto.creds, retries=0)
+        self.prefix = prefix
+
+    def keys(self) -> list[str]:
+        return sorted(k[len(self.prefix):] for k in self.client.list_objects(self.prefix))
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(self.prefix + key)
+
+
+def test_publish_wrong_secret_is_one_clear_line(bucket_env: Callable[..., Any], packages: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    make_wheel(packages, "pub-a", "1.0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    assert bucket_env(packages) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("pytail: error: S3 SignatureDoesNotMatch: ")
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "definitely-wrong-secret" not in captured.err + captured.out
+
+
+def test_publish_without_credentials(packages: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    assert pytail.main(["publish", str(packages), "--bucket", "b", "--endpoint",
+                        "https://x.example"]) == 1
+    assert "AWS_ACCESS_KEY_ID" in capsys.readouterr().err
+
+
+def test_publish_dry_run_changes_nothing(bucket_env: Callable[..., Any], packages: Path,
+                                         moto: Moto, capsys: pytest.CaptureFixture[str]) -> None:
+    make_wheel(packages, "pub-a", "1.0")
+    assert bucket_env(packages, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "would upload" in out and out.splitlines()[-1].startswith("dry run: 7 uploaded")
+    assert moto.creds.secret_key not in out
+    assert S3View(moto, bucket_env.prefix + "/").keys() == []  # type: ignore[attr-defined]
+
+
+def test_publish_multipart_over_threshold(bucket_env: Callable[..., Any], packages: Path,
+                                          moto: Moto) -> None:
+    big = make_wheel(packages, "pub-big", "1.0", payload=11 * 1024 * 1024)
+    assert bucket_env(packages, "--multipart-threshold", "5MiB") == 0
+    view = S3View(moto, bucket_env.prefix + "/")  # type: ignore[attr-defined]
+    head = view.client.head_object(view.prefix + f"packages/{big.name}")
+    assert head is not None and re.search(r'-\d+"$', head["etag"])  # multipart ETag
+    assert head["x-amz-meta-sha256"] == sha(big.read_bytes())
+    assert view.get(f"packages/{big.name}") == big.read_bytes()
+
+
+def test_interrupted_publish_completes_on_rerun(bucket_env: Callable[..., Any], packages: Path,
+                                                moto: Moto, tmp_path: Path) -> None:
+    for i in range(3):
+        make_wheel(packages, f"pub-{i}", "1.0")
+    prefix = bucket_env.prefix + "/"  # type: ignore[attr-defined]
+    client = pytail.S3Client(moto.url, moto.bucket, moto.creds, retries=0)
+    lines: list[str] = []
+
+    def dies_after_four(line: str) -> None:
+        lines.append(line)
+        if len(lines) > 4:
+            raise KeyboardInterrupt  # as if cron's job were killed mid-run
+
+    catalogue = pytail.scan_directory(str(packages), str(tmp_path / "pc"))
+    with pytest.raises(KeyboardInterrupt):
+        pytail.Publisher(client, prefix=prefix, out=dies_after_four).run(str(packages), catalogue)
+    view = S3View(moto, prefix)
+    assert len(view.keys()) == 4 and "simple/manifest-v1.json" not in view.keys()
+    assert not any(k.startswith("simple/") for k in view.keys())  # no page before its files
+    assert bucket_env(packages) == 0
+    assert len(view.keys()) == 6 + 6 + 2 + 1  # 3 wheels + 3 metadata, 6 pages, root x2, manifest
+    manifest = json.loads(view.get("simple/manifest-v1.json"))
+    for project in manifest["projects"].values():
+        for f in project["files"]:
+            assert sha(view.get(f"packages/{f['filename']}")) == f["sha256"]
+
+
+def test_publish_delete_removes_stale_objects_last(bucket_env: Callable[..., Any],
+                                                   packages: Path, moto: Moto,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    keep = make_wheel(packages, "pub-keep", "1.0")
+    gone = make_wheel(packages, "pub-gone", "1.0")
+    assert bucket_env(packages) == 0
+    gone.unlink()
+    view = S3View(moto, bucket_env.prefix + "/")  # type: ignore[attr-defined]
+    view.client.put_object(view.prefix + "unrelated.txt", b"not ours")
+    assert bucket_env(packages) == 0  # without --delete nothing is removed
+    assert f"packages/{gone.name}" in view.keys()
+    capsys.readouterr()
+    assert bucket_env(packages, "--delete") == 0
+    out = capsys.readouterr().out.splitlines()
+    deleted = [line.split()[1][len(view.prefix):] for line in out if line.startswith("deleted ")]
+    assert sorted(deleted) == sorted([f"packages/{gone.name}", f"packages/{gone.name}.metadata",
+                                      "simple/pub-gone/", "simple/pub-gone/index.html"])
+    first_delete = next(i for i, line in enumerate(out) if line.startswith("deleted "))
+    assert all(not line.startswith("uploaded ") for line in out[first_delete:])
+    assert "unrelated.txt" in view.keys() and f"packages/{keep.name}" in view.keys()
+
+
+class StaticBucket:
+    """Serves a bucket's objects by exact key, as a public R2 bucket or custom domain does."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                key = urllib.parse.unquote(self.path.split("?")[0].lstrip("/"))
+                body = objects.get(key)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.send_header("Content-Type", "text/html" if key.startswith("simple/")
+                                 else "application/octet-stream")
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.running = start(self.server)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+def test_published_bucket_works_as_an_index(client: str, bucket_env: Callable[..., Any],
+                                            packages: Path, moto: Moto, tmp_path: Path) -> None:
+    make_wheel(packages, "pub-app", "1.0", requires=("pub-lib>=2",))
+    make_wheel(packages, "pub-lib", "2.0")
+    make_wheel(packages, "pub-lib", "3.0", requires_python=">=3.99")
+    assert bucket_env(packages) == 0
+    view = S3View(moto, bucket_env.prefix + "/")  # type: ignore[attr-defined]
+    static = StaticBucket({key: view.get(key) for key in view.keys()})
+    try:
+        target = tmp_path / "target"
+        (pip_install if client == "pip" else uv_install)(
+            static.url + "/simple/", target, tmp_path, "pub-app")
+        assert installed_version(target, "pub_app") == "1.0"
+        assert installed_version(target, "pub_lib") == "2.0"
+    finally:
+        static.running.stop()
+
+
+def test_presign_prints_a_signed_url(moto: Moto, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-not-printed")
+    assert pytail.main(["presign", "packages/a b.whl", "--bucket", "bkt", "--endpoint",
+                        "https://acct.r2.cloudflarestorage.com", "--expires", "600"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith("https://acct.r2.cloudflarestorage.com/bkt/packages/a%20b.whl?")
+    assert "X-Amz-Expires=600" in url and "X-Amz-Signature=" in url
+    assert "secret-not-printed" not in url
