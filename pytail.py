@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import configparser
+import contextlib
 import dataclasses
 import datetime
 import email.parser
@@ -153,6 +154,12 @@ class UpstreamError(PytailError):
     status = 502
 
 
+class StorageError(PytailError):
+    """The cache could not be written (disk full, permissions)."""
+
+    status = 503
+
+
 class ConfigError(PytailError):
     """A setting is wrong; reported by main() as one line."""
 
@@ -180,6 +187,7 @@ _VERSION_RE = re.compile(
     r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?\Z",
     re.IGNORECASE,
 )
+_UNSAFE_CHARS_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
 _STRAY_SUFFIXES = (".part", ".tmp", ".partial", ".yanked", ".metadata")
 
 
@@ -200,13 +208,8 @@ def is_valid_version(version: str) -> bool:
 
 def is_safe_filename(filename: str) -> bool:
     """A plain file name: no separators, no traversal, no control characters."""
-    return (
-        0 < len(filename) <= 255
-        and filename not in (".", "..")
-        and not any(c in filename for c in "/\\\0")
-        and ".." not in filename.split("/")
-        and all(ord(c) >= 32 for c in filename)
-    )
+    return 0 < len(filename) <= 255 and filename not in (".", "..") \
+        and not _UNSAFE_CHARS_RE.search(filename)
 
 
 def dist_kind(filename: str) -> str | None:
@@ -285,6 +288,16 @@ def parse_dist_filename(filename: str, pkg_name: str | None = None) -> tuple[str
     raise ValueError("not a wheel or sdist")
 
 
+def candidate_projects(filename: str) -> list[str]:
+    """Projects a distribution filename may belong to, likeliest first (URL-7)."""
+    try:
+        if dist_kind(filename) == "wheel":
+            return [parse_wheel_filename(filename)[0]]
+        return list(dict.fromkeys(name for name, _ in sdist_splits(filename)))
+    except ValueError:
+        return []
+
+
 def guess_project(filename: str) -> str | None:
     """Best guess of the project a distribution filename belongs to (URL-7), or None."""
     try:
@@ -338,8 +351,10 @@ def wheel_metadata(path: str | BinaryIO, wheel_name: str) -> bytes:
             if info.file_size > MAX_METADATA_BYTES:
                 raise ValueError("METADATA is too large")
             return zf.read(info)
-    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
-        raise ValueError(f"unreadable wheel: {exc}") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # zlib.error, NotImplementedError...: a damaged archive
+        raise ValueError(f"unreadable wheel: {exc or type(exc).__name__}") from None
 
 
 def sdist_pkg_info(path: str) -> bytes | None:
@@ -355,7 +370,7 @@ def sdist_pkg_info(path: str) -> bytes | None:
                         and member.name.endswith("/PKG-INFO"):
                     handle = tf.extractfile(member)
                     return handle.read(MAX_METADATA_BYTES) if handle else None
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, IndexError):
+    except Exception:  # a damaged archive of any kind (lzma.LZMAError, zlib.error...)
         return None
     return None
 
@@ -365,7 +380,7 @@ def sdist_pkg_info(path: str) -> bytes | None:
 # =============================================================================
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """One distribution file on a project page.
 
@@ -385,7 +400,7 @@ class FileEntry:
     upload_time: str | None = None
     core_metadata: str | None = None
     provenance: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None  # unknown upstream JSON keys, passed through
 
 
 @dataclass
@@ -419,9 +434,12 @@ def _metadata_value(value: Any) -> str | None:
 
 def _file_url(base_url: str, href: str) -> tuple[str, str | None] | None:
     """(absolute URL without fragment, sha256 or None), or None for unsafe schemes."""
-    url = urllib.parse.urljoin(base_url, href)
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        return None
+    if href.startswith(("https://", "http://")):
+        url = href  # the common case, without urljoin's cost (15,000 links on a page)
+    else:
+        url = urllib.parse.urljoin(base_url, href)
+        if not url.startswith(("https://", "http://")):
+            return None
     url, _, fragment = url.partition("#")
     name, _, value = fragment.partition("=")
     sha = value.lower() if name.lower() == "sha256" and re.fullmatch(r"[0-9a-fA-F]{64}", value) \
@@ -435,13 +453,18 @@ def _filename_of(url: str) -> str | None:
     return name if is_safe_filename(name) and dist_kind(name) else None
 
 
+def _text(value: Any) -> str | None:
+    """A non-empty string from untrusted JSON, or None."""
+    return value if isinstance(value, str) and value else None
+
+
 def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None:
     """A FileEntry from one PEP 691 file object, or None when it is unusable."""
     target = _file_url(base_url, str(item.get("url", "")))
     filename = str(item.get("filename", ""))
     if target is None or not is_safe_filename(filename) or not dist_kind(filename):
         return None
-    hashes = item.get("hashes") or {}
+    hashes = item.get("hashes") if isinstance(item.get("hashes"), dict) else {}
     sha = str(hashes.get("sha256", "")).lower() or target[1]
     meta = item.get("core-metadata", item.get("dist-info-metadata",
                                                item.get("data-dist-info-metadata")))
@@ -450,13 +473,13 @@ def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None
     return FileEntry(
         filename=filename, url=target[0],
         sha256=sha if sha and re.fullmatch(r"[0-9a-f]{64}", sha) else None,
-        requires_python=item.get("requires-python") or None,
+        requires_python=_text(item.get("requires-python")),
         yanked=(yanked if isinstance(yanked, str) and yanked else "" if yanked else None),
-        size=size if isinstance(size, int) and size >= 0 else None,
-        upload_time=item.get("upload-time") or None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        upload_time=_text(item.get("upload-time")),
         core_metadata=_metadata_value(meta),
         provenance=item.get("provenance") if isinstance(item.get("provenance"), str) else None,
-        extra={k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS},
+        extra={k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS} or None,
     )
 
 
@@ -467,19 +490,62 @@ def _project_status(value: Any) -> dict[str, str] | None:
     return {k: str(v) for k, v in value.items() if k in ("status", "reason") and v}
 
 
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_top_level(text: str, on_file: Callable[[Any], None]) -> dict[str, Any]:
+    """Decode a JSON object's members, handing each element of its "files" array to
+    `on_file` as soon as it is decoded, so a 15,000-file page never exists as one big
+    list of dicts. ValueError if the text is not a JSON object."""
+    decoder, skip = json.JSONDecoder(), _JSON_WS.match
+    pos = skip(text, 0).end()
+    if text[pos:pos + 1] != "{":
+        raise ValueError("not a JSON object")
+    members: dict[str, Any] = {}
+    pos = skip(text, pos + 1).end()
+    while text[pos:pos + 1] == '"':
+        key, pos = json.decoder.scanstring(text, pos + 1)
+        pos = skip(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            raise ValueError(f"expected ':' at {pos}")
+        pos = skip(text, pos + 1).end()
+        if key == "files" and text[pos:pos + 1] == "[":
+            pos = skip(text, pos + 1).end()
+            while text[pos:pos + 1] not in ("]", ""):
+                item, pos = decoder.raw_decode(text, pos)
+                on_file(item)
+                pos = skip(text, pos).end()
+                pos = skip(text, pos + 1).end() if text[pos:pos + 1] == "," else pos
+            members[key], pos = [], pos + 1
+        else:
+            members[key], pos = decoder.raw_decode(text, pos)
+        pos = skip(text, pos).end()
+        pos = skip(text, pos + 1).end() if text[pos:pos + 1] == "," else pos
+    if text[pos:pos + 1] != "}":
+        raise ValueError(f"unexpected data at {pos}")
+    return members
+
+
 def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
     """Parse a PEP 691 project page; ValueError when it is not one."""
+    files: list[FileEntry] = []
+
+    def add(item: Any) -> None:
+        entry = _entry_from_json(item, base_url) if isinstance(item, dict) else None
+        if entry:
+            files.append(entry)
+
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = _json_top_level(body.decode("utf-8"), add)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"malformed JSON page: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+    if not isinstance(data.get("files"), list):
         raise ValueError("malformed JSON page: no 'files' list")
-    files = [e for e in (_entry_from_json(f, base_url) for f in data["files"]
-                         if isinstance(f, dict)) if e]
-    versions = [str(v) for v in data.get("versions") or [] if isinstance(v, (str, int))]
+    raw_versions = data.get("versions") if isinstance(data.get("versions"), list) else []
+    versions = list(dict.fromkeys(str(v) for v in raw_versions if isinstance(v, str)))
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     return ProjectPage(name, files, versions or versions_of(files), _project_status(
-        data.get("project-status") or (data.get("meta") or {}).get("project-status")))
+        data.get("project-status") or meta.get("project-status")))
 
 
 class _LinkParser(HTMLParser):
@@ -578,12 +644,16 @@ def _anchor(entry: FileEntry, root_rel: str) -> str:
         attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
     if entry.provenance:
         attrs.append(f'data-provenance="{_attr(entry.provenance)}"')
+    if entry.size is not None:  # HTML-9: read by uv (e.g. for --exclude-newer)
+        attrs.append(f'data-size="{entry.size}"')
+    if entry.upload_time:
+        attrs.append(f'data-upload-time="{_attr(entry.upload_time)}"')
     return f"<a {' '.join(attrs)}>{html.escape(entry.filename)}</a>"
 
 
 def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
     """One PEP 691/700 file object (JSON-2, JSON-3: `core-metadata` only)."""
-    item: dict[str, Any] = dict(entry.extra)
+    item: dict[str, Any] = dict(entry.extra) if entry.extra else {}
     item.update({
         "filename": entry.filename,
         "url": root_rel + urllib.parse.quote(entry.path, safe="/+"),
@@ -606,11 +676,13 @@ def render_project_json(page: ProjectPage, root_rel: str) -> bytes:
     """PEP 691 JSON page with PEP 700 fields; `name` is normalised (NAME-4)."""
     version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
     doc: dict[str, Any] = {"meta": {"api-version": version}, "name": normalize_name(page.name),
-                           "versions": page.versions,
-                           "files": [_json_file(f, root_rel) for f in page.files]}
+                           "versions": page.versions}
     if page.status:
         doc["project-status"] = page.status
-    return json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"))[:-1]  # without its closing brace
+    files = ",".join(json.dumps(_json_file(f, root_rel), separators=(",", ":"))
+                     for f in page.files)  # one file at a time: no 15,000-dict peak
+    return f'{head},"files":[{files}]}}'.encode()
 
 
 def render_index_html(names: Iterable[str]) -> bytes:
@@ -697,9 +769,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not header or not header.strip().lower().startswith("bytes="):
         return None
     spec = header.strip()[6:].strip()
-    match = re.fullmatch(r"(\d*)\s*-\s*(\d*)", spec)
+    match = re.fullmatch(r"(\d{0,18})\s*-\s*(\d{0,18})", spec)
     if not match or match.group(1) == match.group(2) == "":
         return None
+    if size == 0:
+        raise RangeError(size)
     first, last = match.groups()
     if first == "":
         length = int(last)
@@ -929,7 +1003,7 @@ def presign_url(method: str, url: str, creds: Credentials, region: str, when: da
 # 5. Storage: SQLite index and file store
 # =============================================================================
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY,      -- normalised project name
@@ -937,9 +1011,12 @@ CREATE TABLE IF NOT EXISTS projects (
     etag TEXT,                  -- upstream ETag, for If-None-Match (CACHE-4)
     digest TEXT,                -- sha256 of the upstream body, for upstreams without ETag
     fetched REAL NOT NULL,      -- when upstream last confirmed this page
-    page TEXT                   -- the parsed upstream page, JSON
+    body BLOB,                  -- the upstream page as received (parsed again on load)
+    url TEXT,                   -- its final URL, the base of relative links
+    ctype TEXT                  -- its Content-Type
 );
 CREATE TABLE IF NOT EXISTS files (
+    -- registered on first request, not per page: a 15,000-file page costs no writes
     path TEXT PRIMARY KEY,      -- root/pypi/+f/<3>/<13>/<filename> or +f/_url/<digest>/...
     project TEXT NOT NULL,
     url TEXT NOT NULL,          -- upstream URL (UP-6: not derivable from the hash)
@@ -967,14 +1044,16 @@ CREATE TABLE IF NOT EXISTS local_files (
 
 @dataclass
 class ProjectRow:
-    """A project's upstream state as stored."""
+    """A project's upstream state as stored: the page as upstream sent it."""
 
     name: str
     status: int
     etag: str | None
     digest: str | None
     fetched: float
-    page: ProjectPage | None
+    body: bytes | None = None
+    url: str = ""
+    ctype: str = ""
 
 
 @dataclass
@@ -1011,18 +1090,6 @@ class LocalFile:
     yanked: str | None = None
 
 
-def page_to_json(page: ProjectPage) -> str:
-    """Serialise a ProjectPage for the index."""
-    return json.dumps(dataclasses.asdict(page), separators=(",", ":"))
-
-
-def page_from_json(text: str) -> ProjectPage:
-    """Inverse of page_to_json."""
-    data = json.loads(text)
-    files = [FileEntry(**f) for f in data.pop("files")]
-    return ProjectPage(files=files, **data)
-
-
 class Index:
     """The SQLite database `<cache-dir>/index.sqlite3` (WAL).
 
@@ -1048,6 +1115,10 @@ class Index:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
+        if db.execute("PRAGMA user_version").fetchone()[0] not in (0, SCHEMA_VERSION):
+            # an older layout: the index is a cache, so start it afresh (files stay on disk)
+            db.executescript("DROP TABLE IF EXISTS projects; DROP TABLE IF EXISTS files; "
+                             "DROP TABLE IF EXISTS local_files;")
         db.executescript(SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("SELECT count(*) FROM projects").fetchone()
@@ -1063,38 +1134,41 @@ class Index:
 
     def project(self, name: str) -> ProjectRow | None:
         """The stored state of one project, or None."""
-        rows = self._rows("SELECT name, status, etag, digest, fetched, page FROM projects "
-                          "WHERE name = ?", (name,))
-        if not rows:
-            return None
-        name, status, etag, digest, fetched, page = rows[0]
-        return ProjectRow(name, status, etag, digest, fetched,
-                          page_from_json(page) if page else None)
+        rows = self._rows("SELECT name, status, etag, digest, fetched, body, url, ctype "
+                          "FROM projects WHERE name = ?", (name,))
+        return ProjectRow(*rows[0]) if rows else None
 
     def cached_projects(self) -> list[str]:
         """Names of upstream projects with a stored page."""
         return [r[0] for r in self._rows("SELECT name FROM projects WHERE status = 200")]
 
-    def save_project(self, row: ProjectRow) -> None:
-        """Store a fetched page and register its files (keeping what is known of them)."""
-        files = [(f.path, row.name, f.url, f.sha256, f.size, f.core_metadata)
-                 for f in (row.page.files if row.page else [])]
+    def save_project(self, row: ProjectRow, files: Iterable[FileEntry] = ()) -> None:
+        """Store a fetched page; `files` are the page's entries for already known files,
+        whose upstream URL and advertised metadata are brought up to date."""
+        updates = [(f.url, f.core_metadata, f.path) for f in files]
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO projects VALUES (?, ?, ?, ?, ?, ?)",
-                    (row.name, row.status, row.etag, row.digest, row.fetched,
-                     page_to_json(row.page) if row.page else None))
-                self._db.executemany(
-                    "INSERT INTO files (path, project, url, sha256, size, upstream_metadata) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                    "url = excluded.url, upstream_metadata = excluded.upstream_metadata, "
-                    "size = coalesce(files.size, excluded.size)", files)
+                    "INSERT OR REPLACE INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.name, row.status, row.etag, row.digest, row.fetched, row.body,
+                     row.url, row.ctype))
+                self._db.executemany("UPDATE files SET url = ?, upstream_metadata = ? "
+                                     "WHERE path = ?", updates)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def register_file(self, project: str, entry: FileEntry, cached: bool) -> FileRow:
+        """Remember an upstream file when it is first asked for; returns its row."""
+        self._rows("INSERT OR IGNORE INTO files (path, project, url, sha256, size, "
+                   "upstream_metadata, cached) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (entry.path, project, entry.url, entry.sha256, entry.size,
+                    entry.core_metadata, int(cached)))
+        row = self.file(entry.path)
+        assert row is not None
+        return row
 
     def touch_project(self, name: str, fetched: float) -> None:
         """Upstream said 304: the stored page is fresh again."""
@@ -1230,9 +1304,16 @@ class Response:
 
     def read_all(self, limit: int) -> bytes:
         """The whole body (decoded from gzip if so sent), at most `limit` bytes."""
-        data = self._resp.read(limit + 1)
-        if len(data) > limit:
+        parts, size = [], 0
+        while size <= limit:  # in chunks: read(n) would allocate all n bytes at once
+            chunk = self._resp.read(CHUNK)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        if size > limit:
             raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+        data = b"".join(parts)
         if self.headers.get("content-encoding", "").lower() == "gzip":
             try:
                 inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -1365,13 +1446,9 @@ def parse_page(name: str, fetched: Fetched) -> ProjectPage:
 # 7. Own packages and the cache policy
 # =============================================================================
 
-STREAM_AFTER_SECS = 2.0  # a download finished by then gets a clean 200 or 502 (no tail)
-
-
-class StorageError(PytailError):
-    """The cache could not be written (disk full, permissions)."""
-
-    status = 503
+STREAM_AFTER_SECS = 2.0
+HEAVY_BYTES = 1024 * 1024  # pages this big are parsed one at a time
+HEAVY_FILES = 2000  # and pages with this many files rendered one at a time  # a download finished by then gets a clean 200 or 502 (no tail)
 
 
 class KeyedLocks:
@@ -1427,8 +1504,8 @@ def read_local_file(path: str, filename: str, size: int, mtime_ns: int) -> Local
         if meta_name != entry.project:  # META-4: clients would reject it
             raise ValueError(f"metadata Name {fields.get('Name')!r} does not match the filename")
         entry.requires_python = fields.get("Requires-Python") or None
-    except (ValueError, OSError) as exc:
-        entry.error = str(exc)
+    except Exception as exc:  # one bad file must never break the catalogue
+        entry.error = str(exc) or type(exc).__name__
     return entry
 
 
@@ -1447,6 +1524,7 @@ class LocalPackages:
         self._lock = threading.Lock()
         self._files: dict[str, LocalFile] = {}
         self._projects: dict[str, list[LocalFile]] = {}
+        self._names: set[str] = set()  # every project named by a file, readable or not
         self._seen: tuple[int, float] = (-1, 0.0)  # (directory mtime_ns, scan time)
         self._reported: set[tuple[str, int, int]] = set()
 
@@ -1459,8 +1537,10 @@ class LocalPackages:
         if not force and mtime == self._seen[0] and now - self._seen[1] < LOCAL_RESCAN_SECS:
             return
         with self._lock:
-            self._scan()
-            self._seen = (mtime, now)
+            if force or mtime != self._seen[0] or self._clock() - self._seen[1] >= \
+                    LOCAL_RESCAN_SECS:  # unless another thread just did it
+                self._scan()
+                self._seen = (mtime, self._clock())
 
     def _scan(self) -> None:
         files: dict[str, LocalFile] = {}
@@ -1468,8 +1548,9 @@ class LocalPackages:
         try:
             entries = list(os.scandir(self.dir))
         except OSError as exc:
+            # Unknown private names must not fall through to upstream: refuse instead.
             log.error("cannot list packages directory %s: %s", self.dir, exc)
-            entries = []
+            raise StorageError(f"packages directory is unreadable: {exc.strerror}") from None
         for item in entries:
             if item.name.endswith(".yanked") and not item.name.startswith("."):
                 yanks.add(item.name[: -len(".yanked")])
@@ -1482,7 +1563,8 @@ class LocalPackages:
         for entry in sorted(files.values(), key=lambda e: e.filename):
             if entry.project and not entry.error:
                 projects.setdefault(entry.project, []).append(entry)
-        self._files, self._projects = files, projects
+        names = {n for n in (guess_project(f) for f in files) if n} | set(projects)
+        self._files, self._projects, self._names = files, projects, names
 
     def _catalogue(self, path: str, filename: str, stat: os.stat_result) -> LocalFile:
         known = self._files.get(filename)
@@ -1512,12 +1594,19 @@ class LocalPackages:
         return list(self._projects)
 
     def files(self, name: str) -> list[LocalFile] | None:
-        """The project's files, checked against the disk; None if it is not local."""
+        """The project's files, checked against the disk; None if it is not local.
+
+        A name that only unreadable files carry (a wheel still being copied in, say) is
+        still local: NotFound, never a fall-through to upstream (dependency confusion).
+        """
         self._refresh()
         files = self._projects.get(name)
         if files and not all(self._unchanged(f) for f in files):
             self._refresh(force=True)
             files = self._projects.get(name)
+        if not files and name in self._names:
+            raise NotFound(f"{name!r} is an own project but none of its files can be read "
+                           "(see the log)")
         return files
 
     def _unchanged(self, entry: LocalFile) -> bool:
@@ -1531,7 +1620,7 @@ class LocalPackages:
         """A servable local file by name; NotFound otherwise."""
         self._refresh()
         entry = self._files.get(filename)
-        if entry is None or entry.error or not self._unchanged(entry):
+        if entry is not None and not self._unchanged(entry):
             self._refresh(force=True)
             entry = self._files.get(filename)
         if entry is None or entry.error:
@@ -1541,10 +1630,11 @@ class LocalPackages:
     def path(self, entry: LocalFile) -> str:
         return os.path.join(self.dir, entry.filename)
 
-    def catalogue(self) -> dict[str, list[LocalFile]]:
-        """Every servable file by project, from a fresh scan."""
+    def catalogue(self) -> tuple[dict[str, list[LocalFile]], list[LocalFile]]:
+        """(every servable file by project, the files that could not be read), freshly scanned."""
         self._refresh(force=True)
-        return {name: list(files) for name, files in self._projects.items()}
+        bad = sorted((f for f in self._files.values() if f.error), key=lambda f: f.filename)
+        return {name: list(files) for name, files in self._projects.items()}, bad
 
 
 def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
@@ -1560,20 +1650,27 @@ def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
 
 @dataclass(frozen=True)
 class Variant:
-    """One rendered representation of a page, plain and gzipped, with ETags."""
+    """One rendered representation of a page with its ETags.
 
-    body: bytes
+    Small pages keep only `plain`; larger ones only `gzipped` (every real client accepts
+    gzip), and `body()` inflates it for the rare client that does not.
+    """
+
+    plain: bytes | None
     etag: str
     gzipped: bytes | None
     etag_gz: str | None
+
+    def body(self) -> bytes:
+        return self.plain if self.plain is not None else gzip.decompress(self.gzipped or b"")
 
 
 def make_variant(body: bytes) -> Variant:
     """Render-once bytes for a page; gzip only where it pays (HTTP-4)."""
     if len(body) < 1024:
         return Variant(body, make_etag(body), None, None)
-    packed = gzip.compress(body, 6, mtime=0)
-    return Variant(body, make_etag(body), packed, make_etag(body, "-gz"))
+    return Variant(None, make_etag(body), gzip.compress(body, 6, mtime=0),
+                   make_etag(body, "-gz"))
 
 
 @dataclass
@@ -1587,6 +1684,15 @@ class PageState:
     digest: str | None = None
     local: bool = False
     rendered: dict[tuple[str, str], Variant] = field(default_factory=dict)
+    by_path: dict[str, FileEntry] | None = None
+
+    def entry(self, path: str) -> FileEntry | None:
+        """The page's file served at `path`, if any (index built on first use)."""
+        if self.page is None:
+            return None
+        if self.by_path is None:
+            self.by_path = {f.path: f for f in self.page.files}
+        return self.by_path.get(path)
 
 
 def assign_paths(page: ProjectPage) -> ProjectPage:
@@ -1611,13 +1717,22 @@ class ProjectCache:
     upstream request. `clock` is injected. Thread-safe.
     """
 
-    def __init__(self, index: Index, upstream: Upstream | None, local: LocalPackages | None,
-                 ttl: float, clock: Callable[[], float]) -> None:
-        self.index, self.upstream, self.local = index, upstream, local
+    def __init__(self, index: Index, store: FileStore, upstream: Upstream | None,
+                 local: LocalPackages | None, ttl: float, clock: Callable[[], float]) -> None:
+        self.index, self.store, self.upstream, self.local = index, store, upstream, local
         self.ttl, self.clock = ttl, clock
         self._memory: OrderedDict[str, PageState] = OrderedDict()
         self._memory_lock = threading.Lock()
         self._locks = KeyedLocks()
+        # Big pages are parsed and rendered one at a time: the GIL allows no parallelism
+        # there anyway, and it bounds peak memory to one big page's worth.
+        self._heavy = threading.Lock()
+
+    def _parse(self, name: str, fetched: Fetched) -> ProjectPage:
+        if len(fetched.body) < HEAVY_BYTES:
+            return assign_paths(parse_page(name, fetched))
+        with self._heavy:
+            return assign_paths(parse_page(name, fetched))
 
     def _remember(self, state: PageState) -> PageState:
         with self._memory_lock:
@@ -1636,7 +1751,15 @@ class ProjectCache:
         row = self.index.project(name)
         if row is None:
             return None
-        return self._remember(PageState(name, row.page, row.fetched, row.etag, row.digest))
+        page = None
+        if row.status == 200:
+            try:
+                page = self._parse(name, Fetched(200, {"content-type": row.ctype},
+                                                 row.body or b"", row.url))
+            except Exception as exc:  # a damaged row: as if never fetched
+                log.warning("stored page of %s is unusable (%s); fetching it again", name, exc)
+                return None
+        return self._remember(PageState(name, page, row.fetched, row.etag, row.digest))
 
     def _fresh(self, state: PageState | None, min_fetched: float) -> bool:
         if state is None or state.fetched < min_fetched:
@@ -1698,7 +1821,7 @@ class ProjectCache:
             state.fetched = now
             return state, "REVALIDATED"
         if fetched.status == 404:
-            self.index.save_project(ProjectRow(name, 404, None, None, now, None))
+            self.index.save_project(ProjectRow(name, 404, None, None, now))
             return self._remember(PageState(name, None, now)), "MISS"
         if fetched.status != 200:
             raise UpstreamError(f"upstream answered HTTP {fetched.status} for {name!r}")
@@ -1708,23 +1831,30 @@ class ProjectCache:
             state.fetched = now
             return state, "REVALIDATED"
         try:
-            page = assign_paths(parse_page(name, fetched))
-        except ValueError as exc:
+            page = self._parse(name, fetched)
+        except Exception as exc:  # untrusted input: any parse failure is upstream's
             raise UpstreamError(f"upstream page for {name!r} is unusable: {exc}") from None
         etag = fetched.headers.get("etag")
-        self.index.save_project(ProjectRow(name, 200, etag, digest, now, page))
+        known = self.index.project_files(name)
+        self.index.save_project(
+            ProjectRow(name, 200, etag, digest, now, fetched.body, fetched.url,
+                       fetched.headers.get("content-type", "")),
+            [f for f in page.files if f.path in known])
         return self._remember(PageState(name, page, now, etag, digest)), "MISS"
 
     def variant(self, state: PageState, media: str, root_rel: str) -> Variant:
         """The rendered page for one media type and link base, rendered once per change."""
         key = (media, root_rel)
-        found = state.rendered.get(key)
+        rendered = state.rendered  # invalidate() swaps in a new dict: a late render is dropped
+        found = rendered.get(key)
         if found is None:
             assert state.page is not None
-            page = state.page if state.local else self._decorate(state.page)
-            body = render_project_json(page, root_rel) if media == JSON_V1 \
-                else render_project_html(page, root_rel)
-            found = state.rendered[key] = make_variant(body)
+            heavy = self._heavy if len(state.page.files) > HEAVY_FILES else contextlib.nullcontext()
+            with heavy:
+                page = state.page if state.local else self._decorate(state.page)
+                body = render_project_json(page, root_rel) if media == JSON_V1 \
+                    else render_project_html(page, root_rel)
+                found = rendered[key] = make_variant(body)
         return found
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:
@@ -1753,19 +1883,31 @@ class ProjectCache:
             state.rendered = {}
 
     def find_file(self, path: str) -> FileRow:
-        """The row of an upstream file; an unknown path refreshes its project first (URL-7)."""
+        """The row of an upstream file, registered from its project's page on first use.
+
+        A path no page lists refreshes that project (at most once a minute), so URLs in
+        lock files keep working after the database was lost (URL-7).
+        """
         row = self.index.file(path)
-        if row is None and self.upstream is not None:
-            project = guess_project(path.rsplit("/", 1)[-1])
-            if project:
-                try:
-                    self.lookup(project, min_fetched=self.clock() - NEGATIVE_TTL)
-                except PytailError:
-                    pass
-                row = self.index.file(path)
-        if row is None:
-            raise NotFound(f"unknown file {path.rsplit('/', 1)[-1]!r}")
-        return row
+        if row is not None:
+            return row
+        filename = path.rsplit("/", 1)[-1]
+        for project in candidate_projects(filename):
+            entry = self._page_entry(project, path)
+            if entry is not None:
+                return self.index.register_file(project, entry, self.store.exists(path))
+        raise NotFound(f"unknown file {filename!r}")
+
+    def _page_entry(self, project: str, path: str) -> FileEntry | None:
+        try:
+            state, _ = self.lookup(project)
+            entry = state.entry(path)
+            if entry is None and not state.local and self.upstream is not None:
+                state, _ = self.lookup(project, min_fetched=self.clock() - NEGATIVE_TTL)
+                entry = state.entry(path)
+        except PytailError:
+            return None
+        return None if state.local else entry
 
     def projects(self) -> list[str]:
         """Every project the index lists: local ones and cached upstream ones (ROOT-4)."""
@@ -1804,7 +1946,10 @@ class Download:
             self.cond.notify_all()
 
     def finish(self, error: PytailError | None, commit: Callable[[], str] | None = None) -> None:
+        """Mark the download done (committing it first on success); later calls are no-ops."""
         with self.cond:
+            if self.done:
+                return
             if commit is not None and error is None:
                 self.final = commit()
             self.error, self.done = error, True
@@ -1862,6 +2007,11 @@ class FileFetcher:
         """The running download of this file, started if there is none."""
         with self._lock:
             current = self._active.get(row.path)
+            if current is None and self.store.exists(row.path):  # finished a moment ago
+                current = Download(row)
+                current.length = os.path.getsize(self.store.path(row.path))
+                current.finish(None, lambda: self.store.path(row.path))
+                return current
             if current is None:
                 current = self._active[row.path] = Download(row)
                 threading.Thread(target=self._run, args=(current,), daemon=True,
@@ -1899,7 +2049,10 @@ class FileFetcher:
                 discard(temp)
         finally:
             resp.close()
-        self._metadata_from_wheel(row)
+        try:
+            self._metadata_from_wheel(row)
+        except Exception as exc:  # the file is cached and fine; metadata can wait
+            log.warning("could not extract metadata from %s: %s", row.filename, exc)
 
     def _commit(self, temp: str, row: FileRow, sha: str, size: int) -> str:
         final = self.store.commit(temp, row.path)
@@ -1943,8 +2096,10 @@ class FileFetcher:
 
         Used when upstream advertised no metadata, or advertised the same hash.
         """
-        if row.metadata_sha256 or dist_kind(row.filename) != "wheel":
+        if row.metadata_sha256 and self.store.exists(row.path + ".metadata"):
             return row.metadata_sha256
+        if dist_kind(row.filename) != "wheel" or not self.store.exists(row.path):
+            return None
         try:
             name = parse_wheel_filename(row.filename)[0]
             data = wheel_metadata(self.store.path(row.path), name)
@@ -1964,9 +2119,7 @@ class FileFetcher:
         self._meta_locks.acquire(key)
         try:
             row = self.index.file(row.path) or row
-            if row.metadata_sha256 and self.store.exists(key):
-                return self.store.path(key)
-            if row.cached and self._metadata_from_wheel(row):
+            if self._metadata_from_wheel(row):
                 return self.store.path(key)
             if row.upstream_metadata is None or self.cache.upstream is None:
                 raise NotFound(f"no metadata for {row.filename}")
@@ -2021,7 +2174,10 @@ def match_route(target: str) -> Route:
         raise BadRequest("request path too long")
     if _BAD_ESCAPES_RE.search(raw_path):
         raise BadRequest("encoded '/', '\\' or NUL in the path")
-    path = urllib.parse.unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
+    try:
+        path = urllib.parse.unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
+    except UnicodeDecodeError:
+        raise BadRequest("the path is not valid UTF-8 after percent-decoding") from None
     segments = path.split("/")
     if not path.startswith("/") or "\\" in path or any(
             s in (".", "..") or any(ord(c) < 32 for c in s) for s in segments):
@@ -2098,6 +2254,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
     timeout = 60  # seconds a connection may sit idle or stall
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server: PytailServer
 
     def do_GET(self) -> None:
@@ -2119,6 +2276,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._head, self._outcome, self._status, self._sent = head, "-", 0, 0
         self._headers_done = False
         self._started = time.monotonic()
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") \
+                not in ("", "0"):
+            self.close_connection = True  # a body we do not read must not become a request
 
     def _dispatch(self, head: bool) -> None:
         self._begin(head)
@@ -2146,21 +2306,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # -- sending -------------------------------------------------------------
 
-    def _send_head(self, status: int, headers: Mapping[str, str], length: int | None) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
+    def _head_bytes(self, status: int, headers: Mapping[str, str], length: int | None) -> bytes:
+        """The status line and headers, built by hand: one buffer, one write per response."""
+        lines = [f"HTTP/1.1 {status} {self.responses[status][0]}",
+                 f"Server: {self.server_version}", f"Date: {self.server.http_date()}"]
+        lines += [f"{key}: {value}" for key, value in headers.items()]
         if length is not None:
-            self.send_header("Content-Length", str(length))
-        self.end_headers()
+            lines.append(f"Content-Length: {length}")
+        if self.close_connection:
+            lines.append("Connection: close")
         self._status, self._headers_done = status, True
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send_head(self, status: int, headers: Mapping[str, str], length: int | None) -> None:
+        self.wfile.write(self._head_bytes(status, headers, length))
 
     def _send_bytes(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         no_body = self._head or status == 304
-        self._send_head(status, headers, None if status == 304 else len(body))
-        if not no_body:
-            self.wfile.write(body)
-            self._sent = len(body)
+        head = self._head_bytes(status, headers, None if status == 304 else len(body))
+        self.wfile.write(head if no_body else head + body)
+        self._sent = 0 if no_body else len(body)
 
     def _send_error(self, exc: PytailError) -> None:
         if self._headers_done:  # mid-body: the only honest signal left is to cut it short
@@ -2178,7 +2343,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_page(self, variant: Variant, media: str, cache_control: str) -> None:
         gz = variant.gzipped is not None and accepts_gzip(self.headers.get("Accept-Encoding"))
-        body, etag = (variant.gzipped, variant.etag_gz) if gz else (variant.body, variant.etag)
+        body, etag = (variant.gzipped, variant.etag_gz) if gz else (variant.body(), variant.etag)
         assert body is not None and etag is not None
         headers = {"Content-Type": media + ("; charset=utf-8" if media == TEXT_HTML else ""),
                    "Vary": "Accept, Accept-Encoding", "ETag": etag,
@@ -2208,6 +2373,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_head(206 if span else 200, headers, end - start + 1)
             if not self._head and end >= start:
                 self._sent = self.connection.sendfile(handle, start, end - start + 1)
+                if self._sent != end - start + 1:  # the file shrank under us
+                    self.close_connection = True
 
     def _stream(self, download: Download, timeout: float) -> None:
         """Tee: send an uncached file while it downloads (FILE-7)."""
@@ -2332,15 +2499,24 @@ class PytailServer(http.server.ThreadingHTTPServer):
         upstream = Upstream(config.upstream, config.timeout) if config.upstream else None
         self.local = LocalPackages(config.packages_dir, self.index, clock) \
             if config.packages_dir else None
-        self.cache = ProjectCache(self.index, upstream, self.local, config.ttl, clock)
+        self.cache = ProjectCache(self.index, self.store, upstream, self.local, config.ttl, clock)
         self.fetcher = FileFetcher(self.cache, self.store)
         self._slots = threading.BoundedSemaphore(config.max_threads)
+        self._date = (0, "")
         try:
             super().__init__((config.bind_host, config.bind_port), Handler)
         except OSError as exc:
             self.index.close()
             raise ConfigError(f"cannot listen on {config.bind_host}:{config.bind_port}: "
                               f"{exc.strerror or exc}") from None
+
+    def http_date(self) -> str:
+        """The Date header value, formatted at most once a second."""
+        now = int(time.time())
+        cached = self._date
+        if cached[0] != now:
+            cached = self._date = (now, http_date(now))
+        return cached[1]
 
     @property
     def url(self) -> str:
@@ -2396,11 +2572,12 @@ _READ_CHUNK = MIB
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object; `etag` without its quotes."""
+    """One listed object; `etag` without its quotes, `last_modified` as S3 lists it (ISO 8601)."""
 
     key: str
     size: int
     etag: str
+    last_modified: str = ""
 
 
 class S3Error(PublishError):
@@ -2511,7 +2688,8 @@ def _object_info(item: ET.Element, url_encoded: bool) -> ObjectInfo:
     key = item.findtext("{*}Key") or ""
     etag = (item.findtext("{*}ETag") or "").strip('"')
     return ObjectInfo(urllib.parse.unquote_plus(key) if url_encoded else key,
-                      int(item.findtext("{*}Size") or 0), etag)
+                      int(item.findtext("{*}Size") or 0), etag,
+                      item.findtext("{*}LastModified") or "")
 
 
 def _utcnow() -> datetime.datetime:
@@ -2820,22 +2998,36 @@ class Publisher:
     Files first, then pages, then the manifest, then (with `delete`) stale objects, so a
     reader never sees a link to a missing object. An object is skipped when the bucket
     already has it: same size and, for bodies, the same MD5 ETag; for files, the sha256
-    of the previous manifest or of `x-amz-meta-sha256`. Prints one line per change.
+    of the previous manifest (if the object is not newer than it) or of
+    `x-amz-meta-sha256`. A package file already there with other bytes is a conflict
+    (its URL is cached as immutable): the run stops before uploading unless `overwrite`.
+    Prints one line per change.
     """
 
     def __init__(self, client: S3Client, *, prefix: str = "", dry_run: bool = False,
-                 delete: bool = False, multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+                 delete: bool = False, overwrite: bool = False,
+                 multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
                  out: Callable[[str], None] = print) -> None:
         self.client, self.prefix, self.dry_run, self.delete = client, prefix, dry_run, delete
+        self.overwrite = overwrite
         self.threshold, self.out = multipart_threshold, out
         self.report = PublishReport()
 
     def run(self, directory: str, catalogue: Mapping[str, list[LocalFile]]) -> PublishReport:
+        """Publish; raises PublishError (or S3Error) at the first thing that cannot be done."""
         files, pages, manifest = plan_objects(directory, catalogue, self.prefix)
         listing = self.client.list_objects(self.prefix)
         known = self._remote_manifest(listing)
-        for obj in [*files, *pages, manifest]:
-            if self._present(obj, listing.get(obj.key), known):
+        plan = [(obj, self._state(obj, listing.get(obj.key), known))
+                for obj in [*files, *pages, manifest]]
+        conflicts = [obj.key for obj, state in plan if state == "conflict"]
+        if conflicts and not self.overwrite:
+            raise PublishError(
+                f"{len(conflicts)} file(s) already published with other bytes under the same "
+                f"name ({', '.join(conflicts[:3])}); package files are cached as immutable, so "
+                "bump the version or build tag (or pass --overwrite)")
+        for obj, state in plan:
+            if state == "same":
                 self.report.skipped += 1
             else:
                 self._upload(obj)
@@ -2846,29 +3038,34 @@ class Publisher:
                 self._delete(key)
         return self.report
 
-    def _remote_manifest(self, listing: Mapping[str, ObjectInfo]) -> dict[str, str]:
-        """filename -> sha256 from the manifest already in the bucket (empty if none/bad)."""
-        if self.prefix + MANIFEST_KEY not in listing:
+    def _remote_manifest(self, listing: Mapping[str, ObjectInfo]) -> dict[str, tuple[str, str]]:
+        """filename -> (sha256, when the manifest was written), from the bucket's manifest."""
+        listed = listing.get(self.prefix + MANIFEST_KEY)
+        if listed is None:
             return {}
         try:
             doc = json.loads(self.client.get_object(self.prefix + MANIFEST_KEY))
-            return {f["filename"]: f["sha256"] for p in doc["projects"].values()
-                    for f in p["files"]}
+            return {f["filename"]: (f["sha256"], listed.last_modified)
+                    for p in doc["projects"].values() for f in p["files"]}
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("the bucket's %s is unreadable; checking objects one by one",
                         MANIFEST_KEY)
             return {}
 
-    def _present(self, obj: BucketObject, listed: ObjectInfo | None,
-                 known: Mapping[str, str]) -> bool:
-        if listed is None or listed.size != obj.size:
-            return False
-        if obj.md5 is not None and listed.etag == obj.md5:
-            return True
-        if obj.path is not None and known.get(obj.key.rsplit("/", 1)[-1]) == obj.sha256:
-            return True
-        head = self.client.head_object(obj.key)
-        return head is not None and head.get("x-amz-meta-sha256") == obj.sha256
+    def _state(self, obj: BucketObject, listed: ObjectInfo | None,
+               known: Mapping[str, tuple[str, str]]) -> str:
+        """'new', 'same', 'changed' (a page: replace it) or 'conflict' (a package file)."""
+        if listed is None:
+            return "new"
+        if obj.md5 is not None and (listed.size, listed.etag) == (obj.size, obj.md5):
+            return "same"
+        if obj.path is None:
+            return "changed"
+        sha, written = known.get(obj.key.rsplit("/", 1)[-1], (None, ""))
+        if sha is None or not listed.last_modified or listed.last_modified > written:
+            head = self.client.head_object(obj.key)  # newer than the manifest: ask the object
+            sha = head.get("x-amz-meta-sha256") if head else None
+        return "same" if (listed.size, sha) == (obj.size, obj.sha256) else "conflict"
 
     def _upload(self, obj: BucketObject) -> None:
         self.out(f"{'would upload' if self.dry_run else 'uploaded'} {obj.key} ({obj.size} bytes)")
@@ -2939,14 +3136,18 @@ def normalize_prefix(prefix: str) -> str:
     return cleaned + "/" if cleaned else ""
 
 
-def scan_directory(directory: str, cache_dir: str) -> dict[str, list[LocalFile]]:
-    """Catalogue a package directory (hashes cached in `<cache_dir>/index.sqlite3`)."""
+def scan_directory(directory: str, cache_dir: str
+                   ) -> tuple[dict[str, list[LocalFile]], list[LocalFile]]:
+    """(catalogue, unreadable files) of a package directory; hashes are cached in
+    `<cache_dir>/index.sqlite3`. ConfigError if the directory cannot be listed."""
     if not os.path.isdir(directory):
         raise ConfigError(f"package directory {directory!r} does not exist")
     os.makedirs(cache_dir, exist_ok=True)
     index = Index(os.path.join(cache_dir, "index.sqlite3"))
     try:
         return LocalPackages(directory, index, time.time).catalogue()
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         index.close()
 
@@ -3117,6 +3318,9 @@ def _add_publish_parser(sub: Any) -> None:
     parser.add_argument("--delete", action="store_true",
                         help="delete objects of files no longer in DIR (after the new pages "
                         "and manifest are up)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace package files already published with other bytes "
+                        "(CDNs and clients may keep the old ones: prefer a new version)")
     parser.add_argument("--multipart-threshold", type=size_arg, default="100MiB",
                         help="multipart upload above this size (default 100MiB)")
     parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
@@ -3160,7 +3364,7 @@ def bucket_client(ns: argparse.Namespace, env: Mapping[str, str]) -> S3Client:
 
 def cmd_manifest(ns: argparse.Namespace) -> int:
     """Write manifest-v1.json."""
-    data = build_manifest(scan_directory(ns.dir, ns.cache_dir))
+    data = build_manifest(scan_directory(ns.dir, ns.cache_dir)[0])
     if ns.output == "-":
         sys.stdout.write(data.decode())
     else:
@@ -3176,9 +3380,14 @@ def cmd_publish(ns: argparse.Namespace) -> int:
     """Publish a directory; exit 0 only when everything is up."""
     started = time.monotonic()
     client = bucket_client(ns, os.environ)
-    catalogue = scan_directory(ns.dir, ns.cache_dir)
+    catalogue, unreadable = scan_directory(ns.dir, ns.cache_dir)
+    if ns.delete and (unreadable or not catalogue):
+        reason = f"{len(unreadable)} file(s) in {ns.dir} could not be read" if unreadable \
+            else f"{ns.dir} holds no packages"
+        raise ConfigError(f"{reason}; refusing --delete (it would remove what is published)")
     publisher = Publisher(client, prefix=normalize_prefix(ns.prefix), dry_run=ns.dry_run,
-                          delete=ns.delete, multipart_threshold=ns.multipart_threshold,
+                          delete=ns.delete, overwrite=ns.overwrite,
+                          multipart_threshold=ns.multipart_threshold,
                           out=lambda line: print(line, flush=True))
     report = publisher.run(ns.dir, catalogue)
     print(f"{'dry run' if ns.dry_run else 'published'}: {report.uploaded} uploaded, "

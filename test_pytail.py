@@ -2253,7 +2253,7 @@ def test_interrupted_publish_completes_on_rerun(bucket_env: Callable[..., Any], 
         if len(lines) > 4:
             raise KeyboardInterrupt  # as if cron's job were killed mid-run
 
-    catalogue = pytail.scan_directory(str(packages), str(tmp_path / "pc"))
+    catalogue, _ = pytail.scan_directory(str(packages), str(tmp_path / "pc"))
     with pytest.raises(KeyboardInterrupt):
         pytail.Publisher(client, prefix=prefix, out=dies_after_four).run(str(packages), catalogue)
     view = S3View(moto, prefix)
