@@ -1103,15 +1103,30 @@ class Index:
         self._lock = threading.Lock()
         try:
             self._db = self._open(path)
+        except sqlite3.OperationalError as exc:  # locked, read-only, disk full: not corrupt
+            raise ConfigError(f"cannot open the index {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             aside = f"{path}.corrupt-{int(time.time())}"
             log.error("index %s is unreadable (%s); moved to %s and rebuilt", path, exc, aside)
-            os.replace(path, aside)
-            self._db = self._open(path)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, aside + suffix)
+            try:
+                self._db = self._open(path)
+            except sqlite3.Error as again:
+                raise ConfigError(f"cannot create the index {path}: {again}") from None
 
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            return Index._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+
+    @staticmethod
+    def _prepare(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
@@ -1342,6 +1357,8 @@ class Upstream:
 
     def __init__(self, base_url: str, timeout: float) -> None:
         self.simple_base = simple_base_url(base_url)
+        self._auth = upstream_auth(base_url)
+        self._auth_host = urllib.parse.urlsplit(self.simple_base).netloc
         self.timeout = timeout
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -1375,6 +1392,8 @@ class Upstream:
         key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": f"pytail/{__version__}", **headers}
+        if self._auth and parts.netloc == self._auth_host:
+            headers["Authorization"] = self._auth
         for attempt in (0, 1):
             conn = self._connect(key)
             try:
@@ -1423,15 +1442,40 @@ class Upstream:
         return self.fetch(self.page_url(name), headers, MAX_PAGE_BYTES)
 
 
+def redact_url(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def simple_base_url(base_url: str) -> str:
-    """The Simple API base of an origin (`https://pypi.org` -> `/simple/`) or index URL."""
+    """The Simple API base of an origin (`https://pypi.org` -> `/simple/`) or index URL,
+    without any `user:password@` (see `upstream_auth`)."""
     parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream URL must be http(s)://host[/path], got {base_url!r}")
-    if parts.path in ("", "/"):
-        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/simple/", "", ""))
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/",
-                                    "", ""))
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+            (parts.port or 0) >= 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"upstream URL must be http(s)://host[/path], got "
+                          f"{redact_url(base_url)!r}")
+    netloc = parts.netloc.rpartition("@")[2]
+    path = "/simple/" if parts.path in ("", "/") else parts.path.rstrip("/") + "/"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def upstream_auth(base_url: str) -> str | None:
+    """The Basic Authorization header for `https://user:password@host/...`, if any (a
+    private upstream index, such as Artifactory's). Sent only to that host."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.username is None:
+        return None
+    pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
 def parse_page(name: str, fetched: Fetched) -> ProjectPage:
@@ -1447,6 +1491,8 @@ def parse_page(name: str, fetched: Fetched) -> ProjectPage:
 # =============================================================================
 
 STREAM_AFTER_SECS = 2.0
+DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
+MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
 HEAVY_BYTES = 1024 * 1024  # pages this big are parsed one at a time
 HEAVY_FILES = 2000  # and pages with this many files rendered one at a time  # a download finished by then gets a clean 200 or 502 (no tail)
 
@@ -1742,12 +1788,25 @@ class ProjectCache:
                 self._memory.popitem(last=False)
         return state
 
-    def _stored(self, name: str) -> PageState | None:
+    def _remembered(self, name: str) -> PageState | None:
         with self._memory_lock:
             state = self._memory.get(name)
             if state:
                 self._memory.move_to_end(name)
-                return state
+            return state
+
+    def _stored(self, name: str) -> PageState | None:
+        """The project's state from memory, else loaded from the index (once, not per thread)."""
+        state = self._remembered(name)
+        if state is not None:
+            return state
+        self._locks.acquire(name)
+        try:
+            return self._remembered(name) or self._load(name)
+        finally:
+            self._locks.release(name)
+
+    def _load(self, name: str) -> PageState | None:
         row = self.index.project(name)
         if row is None:
             return None
@@ -1778,7 +1837,7 @@ class ProjectCache:
         if not self._fresh(state, min_fetched):
             self._locks.acquire(name)
             try:
-                state = self._stored(name)
+                state = self._remembered(name) or self._load(name)
                 if not self._fresh(state, min_fetched):
                     state, outcome = self._refresh(name, state)
             finally:
@@ -1850,11 +1909,13 @@ class ProjectCache:
         if found is None:
             assert state.page is not None
             heavy = self._heavy if len(state.page.files) > HEAVY_FILES else contextlib.nullcontext()
-            with heavy:
-                page = state.page if state.local else self._decorate(state.page)
-                body = render_project_json(page, root_rel) if media == JSON_V1 \
-                    else render_project_html(page, root_rel)
-                found = rendered[key] = make_variant(body)
+            with heavy:  # and, for big pages, rendered once while others wait
+                found = rendered.get(key)
+                if found is None:
+                    page = state.page if state.local else self._decorate(state.page)
+                    body = render_project_json(page, root_rel) if media == JSON_V1 \
+                        else render_project_html(page, root_rel)
+                    found = rendered[key] = make_variant(body)
         return found
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:
@@ -2324,7 +2385,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _send_bytes(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         no_body = self._head or status == 304
         head = self._head_bytes(status, headers, None if status == 304 else len(body))
-        self.wfile.write(head if no_body else head + body)
+        if no_body or len(body) > 65536:  # big bodies are not copied just to save a write
+            self.wfile.write(head)
+            if not no_body:
+                self.wfile.write(body)
+        else:
+            self.wfile.write(head + body)
         self._sent = 0 if no_body else len(body)
 
     def _send_error(self, exc: PytailError) -> None:
@@ -2422,17 +2488,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
         download = server.fetcher.download(row)
         timeout = server.config.timeout
         download.wait(lambda: download.length is not None, timeout)
-        if self.headers.get("Range") or download.length is None:
-            download.wait(lambda: False, None)  # Range: fill the cache, then slice (FILE-6)
-        else:
-            download.wait(lambda: False, STREAM_AFTER_SECS)
+        download.wait(lambda: False, STREAM_AFTER_SECS)  # small files: a clean 200 or 502
+        if not download.done and self.headers.get("Range") and self._relay_range(row):
+            return  # FILE-6: a big file's range comes straight from upstream meanwhile
+        if not download.done and (download.length is None or self.headers.get("Range")):
+            download.wait(lambda: False, DOWNLOAD_DEADLINE)
         if download.done and download.final:
             return self._send_file(download.final, etag, IMMUTABLE)
+        if not download.done or download.length is None:
+            raise UpstreamError(f"{row.filename}: upstream is too slow")
         if self._head:
             return self._send_head(200, {"Accept-Ranges": "bytes",
                                          "Content-Type": "application/octet-stream"},
                                    download.length)
         self._stream(download, timeout)
+
+    def _relay_range(self, row: FileRow) -> bool:
+        """Answer a Range request from upstream while the whole file downloads; False when
+        upstream will not serve the range (then the caller waits for the cache)."""
+        upstream = self.server.cache.upstream
+        assert upstream is not None
+        try:
+            resp = upstream.open(row.url, {"Range": str(self.headers.get("Range")),
+                                           "Accept-Encoding": "identity"},
+                                 "HEAD" if self._head else "GET")
+        except UpstreamError:
+            return False
+        try:
+            length = resp.length
+            if resp.status != 206 or length is None or length > MAX_RELAYED_RANGE \
+                    or not resp.headers.get("content-range"):
+                return False
+            body = b"" if self._head else resp.read_all(length)
+            if not self._head and len(body) != length:
+                return False
+            self._send_head(206, {"Content-Type": "application/octet-stream",
+                                  "Accept-Ranges": "bytes",
+                                  "Content-Range": resp.headers["content-range"],
+                                  "X-Pytail-Cache": "MISS"}, length)
+            if body:
+                self.wfile.write(body)
+                self._sent = len(body)
+            return True
+        finally:
+            resp.close()
 
     def _serve_metadata(self, route: Route) -> None:
         row = self.server.cache.find_file(route.path)
@@ -2550,7 +2649,11 @@ def make_server(config: ServeConfig, clock: Callable[[], float] = time.time) -> 
         raise ConfigError(f"packages directory {config.packages_dir!r} does not exist")
     if config.upstream:
         simple_base_url(config.upstream)
-    return PytailServer(config, clock)
+    try:
+        return PytailServer(config, clock)
+    except OSError as exc:  # cache directory not creatable or writable
+        raise ConfigError(f"cannot use cache directory {config.cache_dir!r}: "
+                          f"{exc.strerror or exc}") from None
 
 
 # =============================================================================
@@ -3270,7 +3373,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
             break
     cfg = server.config
     print(f"pytail {__version__} serving {server.url}simple/ "
-          f"(upstream: {cfg.upstream or 'none, offline'}; cache: {cfg.cache_dir}"
+          f"(upstream: {redact_url(cfg.upstream) if cfg.upstream else 'none, offline'}; "
+          f"cache: {cfg.cache_dir}"
           f"{'; packages: ' + cfg.packages_dir if cfg.packages_dir else ''})", flush=True)
     try:
         server.serve_forever()
