@@ -222,10 +222,21 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
             if found is None:
                 return self._send(404, b"", "text/plain")
             data, _ = found
-            if up.gate is not None:
-                up.gate.wait(10)
+            span = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+            if span:  # single ranges, as files.pythonhosted.org answers them
+                start, end = int(span.group(1)), min(int(span.group(2)), len(data) - 1)
+                return self._send(206, data[start:end + 1], "application/octet-stream",
+                                  {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
             if filename in up.corrupt:
                 data = b"X" + data[1:]
+            if up.gate is not None:  # headers and half the body, then stall until released
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                up.gate.wait(10)
+                self.wfile.write(data[len(data) // 2:])
+                return
             self._send(200, data, "application/octet-stream")
 
         def _send(self, status: int, body: bytes, ctype: str,
@@ -2341,3 +2352,134 @@ def test_presign_prints_a_signed_url(moto: Moto, monkeypatch: pytest.MonkeyPatch
     assert url.startswith("https://acct.r2.cloudflarestorage.com/bkt/packages/a%20b.whl?")
     assert "X-Amz-Expires=600" in url and "X-Amz-Signature=" in url
     assert "secret-not-printed" not in url
+
+
+# =============================================================================
+# Review findings: robustness of the mirror and of publishing
+# =============================================================================
+
+
+def test_unreadable_local_file_still_shadows_upstream(local_proxy: Proxy, packages: Path,
+                                                      upstream: FakeUpstream,
+                                                      dists: Path) -> None:  # UP-12
+    upstream.add("corp-utils", make_wheel(dists, "corp-utils", "9.9"))
+    (packages / "corp_utils-1.0-py3-none-any.whl").write_bytes(b"PK\x03\x04 still copying")
+    status, _, body = local_proxy.request("/simple/corp-utils/")
+    assert status == 404 and b"own project" in body
+    assert upstream.count("/simple/corp-utils") == 0
+
+
+def test_corrupt_archives_do_not_break_other_pages(local_proxy: Proxy, packages: Path) -> None:
+    make_wheel(packages, "good", "1.0")
+    (packages / "bad-1.0.tar.xz").write_bytes(b"\xfd7zXZ\x00\x00garbage")
+    wheel = make_wheel(packages, "inflate", "1.0")
+    data = bytearray(wheel.read_bytes())
+    start = data.find(b"Metadata-Version")  # corrupt a stored member: CRC error on read
+    data[start:start + 4] = b"XXXX"
+    wheel.write_bytes(bytes(data))
+    assert local_proxy.request("/simple/good/")[0] == 200
+    assert local_proxy.request("/simple/")[0] == 200
+    assert local_proxy.request("/simple/inflate/")[0] == 404
+
+
+@pytest.mark.parametrize("path", ["/simple/%ff/", "/packages/%c3%28.whl"])
+def test_undecodable_paths_are_400(proxy: Proxy, path: str) -> None:
+    assert proxy.request(path)[0] == 400
+
+
+def test_absurd_range_is_ignored(proxy: Proxy, alpha: Path) -> None:
+    url = proxy.file_url("alpha", alpha.name)
+    status, _, body = proxy.request(url, headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert status == 200 and body == alpha.read_bytes()
+
+
+def test_request_with_a_body_closes_the_connection(proxy: Proxy) -> None:  # HTTP-2
+    status, headers, _ = proxy.request("/simple/", method="GET",
+                                       headers={"Content-Length": "0"})
+    assert "connection" not in headers
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.server.server_address[1], timeout=5)
+    conn.request("POST", "/simple/", body=b"GET /evil HTTP/1.1\r\n\r\n")
+    resp = conn.getresponse()
+    assert resp.status == 405 and resp.getheader("Connection") == "close"
+    conn.close()
+
+
+@pytest.mark.parametrize("body", [
+    b'{"meta": [], "files": [{"filename": "alpha-1.0.tar.gz", "url": 5, "hashes": "x"}]}',
+    b'{"files": [{"filename": "alpha-1.0.tar.gz", "url": "/files/alpha-1.0.tar.gz", '
+    b'"hashes": [], "requires-python": 3, "size": "big", "yanked": {}}], "versions": 7}',
+    b'{"files": 12}', b"\xff\xfe", b"[1, 2",
+])
+def test_hostile_upstream_json_never_gives_500(proxy_factory: Callable[..., Proxy],
+                                               body: bytes, tmp_path: Path) -> None:
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hostile = start(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile))
+    try:
+        proxy = proxy_factory(upstream=f"http://127.0.0.1:{hostile.server.server_address[1]}")
+        for accept in (UV_ACCEPT, "text/html"):
+            status, _, _ = proxy.request("/simple/alpha/", headers={"Accept": accept})
+            assert status in (200, 502)
+    finally:
+        hostile.stop()
+
+
+def test_upstream_credentials_are_sent_and_never_shown(proxy_factory: Callable[..., Proxy],
+                                                       upstream: FakeUpstream,
+                                                       alpha: Path) -> None:
+    url = upstream.url.replace("http://", "http://ci-user:s3cr3t@")
+    proxy = proxy_factory(upstream=url)
+    assert proxy.request("/simple/alpha/")[0] == 200
+    auth = upstream.requests[-1][2].get("Authorization", "")
+    assert auth == "Basic " + __import__("base64").b64encode(b"ci-user:s3cr3t").decode()
+    upstream.fail = "500"
+    status, _, body = proxy.request("/simple/other/")
+    assert status == 502 and b"s3cr3t" not in body
+    assert pytail.redact_url(url) == url.replace("s3cr3t", "***")
+
+
+def test_range_on_a_big_uncached_file_is_relayed(proxy: Proxy, upstream: FakeUpstream,
+                                                 dists: Path) -> None:  # FILE-6
+    big = make_wheel(dists, "huge", "1.0", payload=2_000_000)
+    upstream.add("huge", big)
+    url = proxy.file_url("huge", big.name)
+    upstream.gate = threading.Event()  # the full download stalls; ranges do not
+    size = big.stat().st_size
+    status, headers, body = proxy.request(url, headers={"Range": f"bytes={size - 100}-{size - 1}"})
+    assert status == 206 and body == big.read_bytes()[-100:]
+    assert headers["content-range"] == f"bytes {size - 100}-{size - 1}/{size}"
+    upstream.gate.set()
+    wait_until(lambda: proxy.request(url)[1].get("x-pytail-cache") == "HIT")
+
+
+def test_publish_refuses_to_replace_published_bytes(bucket_env: Callable[..., Any],
+                                                    packages: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    make_wheel(packages, "pub-same", "1.0")
+    assert bucket_env(packages) == 0
+    make_wheel(packages, "pub-same", "1.0", payload=10)  # rebuilt under the same name
+    capsys.readouterr()
+    assert bucket_env(packages) == 1
+    err = capsys.readouterr().err
+    assert "already published with other bytes" in err and "pub_same-1.0" in err
+    assert bucket_env(packages, "--overwrite") == 0
+    assert "uploaded" in capsys.readouterr().out
+
+
+def test_publish_delete_refused_when_files_are_unreadable(bucket_env: Callable[..., Any],
+                                                          packages: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    make_wheel(packages, "pub-ok", "1.0")
+    (packages / "pub_broken-1.0-py3-none-any.whl").write_bytes(b"nope")
+    assert bucket_env(packages, "--delete") == 1
+    assert "refusing --delete" in capsys.readouterr().err
