@@ -11,11 +11,12 @@ Map of this file (each section uses only the ones above it):
     3. Simple API model, parsing, rendering, negotiation (pure)
     4. AWS Signature Version 4 (pure)
     5. Storage: SQLite index and file store
-    6. Upstream client
-    7. Own packages and the cache policy
-    8. HTTP layer
-    9. Manifest and publishing
-    10. Command line
+    6. Metrics and the upstream client
+    7. Own packages
+    8. The cache policy and downloads
+    9. HTTP layer
+    10. Manifest and publishing
+    11. Command line
 
 Specs: PEP 503 (simple API, name normalisation), PEP 592 (yanked), PEP 629 (versioning),
 PEP 658/714 (metadata files), PEP 691 (JSON form, content negotiation), PEP 700 (versions,
@@ -1101,6 +1102,8 @@ class Index:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._used: dict[str, float] = {}  # last uses not yet written (written in batches)
+        self._used_flushed = time.monotonic()
         try:
             self._db = self._open(path)
         except sqlite3.OperationalError as exc:  # locked, read-only, disk full: not corrupt
@@ -1140,8 +1143,47 @@ class Index:
         return db
 
     def close(self) -> None:
+        """Write pending last-use times and close the database."""
+        self.flush_uses()
         with self._lock:
             self._db.close()
+
+    def note_use(self, path: str, when: float) -> None:
+        """Record that a cached file was served; written at most once a minute, in one go,
+        so the hot path does no database write."""
+        with self._lock:
+            self._used[path] = when
+            due = time.monotonic() - self._used_flushed > 60 or len(self._used) > 10000
+        if due:
+            self.flush_uses()
+
+    def flush_uses(self) -> None:
+        with self._lock:
+            pending, self._used = self._used, {}
+            self._used_flushed = time.monotonic()
+            if pending:
+                self._db.executemany("UPDATE files SET last_used = ? WHERE path = ?",
+                                     [(when, path) for path, when in pending.items()])
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes of what the cache holds (for `cache stats` and /health)."""
+        projects = self._rows("SELECT count(*) FROM projects WHERE status = 200")[0][0]
+        files, size, oldest, newest = self._rows(
+            "SELECT count(*), coalesce(sum(size), 0), min(last_used), max(last_used) "
+            "FROM files WHERE cached = 1")[0]
+        return {"projects": projects, "files": files, "bytes": size,
+                "oldest_use": oldest, "newest_use": newest}
+
+    def cached_files(self) -> list[FileRow]:
+        """Every cached upstream file, least recently used first."""
+        rows = self._rows(f"SELECT {self._FILE_COLS} FROM files WHERE cached = 1 "
+                          "ORDER BY coalesce(last_used, 0), path")
+        return [FileRow(*r[:7], bool(r[7])) for r in rows]
+
+    def forget_file(self, path: str) -> None:
+        """The file's bytes (and metadata) are gone from the cache."""
+        self._rows("UPDATE files SET cached = 0, metadata_sha256 = NULL WHERE path = ?",
+                   (path,))
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -1184,6 +1226,9 @@ class Index:
         row = self.file(entry.path)
         assert row is not None
         return row
+
+    def local_count(self) -> int:
+        return int(self._rows("SELECT count(*) FROM local_files WHERE error IS NULL")[0][0])
 
     def touch_project(self, name: str, fetched: float) -> None:
         """Upstream said 304: the stored page is fresh again."""
@@ -1284,8 +1329,47 @@ def discard(path: str) -> None:
 
 
 # =============================================================================
-# 6. Upstream client
+# 6. Metrics and the upstream client
 # =============================================================================
+
+
+class Metrics:
+    """Counters for /metrics (Prometheus text format) and /health. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.upstream_ok = 0.0  # when upstream last answered, and last failed (epoch)
+        self.upstream_failed = 0.0
+
+    def add(self, name: str, value: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + value
+
+    def upstream(self, ok: bool) -> None:
+        """Note one upstream exchange and whether it worked."""
+        self.add("pytail_upstream_requests_total")
+        if ok:
+            self.upstream_ok = time.time()
+        else:
+            self.upstream_failed = time.time()
+            self.add("pytail_upstream_errors_total")
+
+    def render(self, gauges: Mapping[str, float]) -> bytes:
+        """The Prometheus text exposition of every counter plus `gauges`."""
+        with self._lock:
+            counts = sorted(self._counts.items())
+        lines, typed = [], set()
+        for (name, labels), value in counts:
+            if name not in typed:
+                typed.add(name)
+                lines.append(f"# TYPE {name} counter")
+            text = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+        for name, value in sorted(gauges.items()):
+            lines += [f"# TYPE {name} gauge", f"{name} {value:g}"]
+        return ("\n".join(lines) + "\n").encode()
 
 
 @dataclass
@@ -1355,7 +1439,8 @@ class Upstream:
     network errors and timeouts. Thread-safe: the pool is guarded by a lock.
     """
 
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.simple_base = simple_base_url(base_url)
         self._auth = upstream_auth(base_url)
         self._auth_host = urllib.parse.urlsplit(self.simple_base).netloc
@@ -1398,13 +1483,17 @@ class Upstream:
             conn = self._connect(key)
             try:
                 conn.request(method, target, headers=headers)
-                return Response(self, key, conn, conn.getresponse(), url)
+                response = Response(self, key, conn, conn.getresponse(), url)
+                self.metrics.upstream(response.status < 500)
+                return response
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 if attempt:
+                    self.metrics.upstream(False)
                     raise UpstreamError(f"{url}: {exc}") from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                self.metrics.upstream(False)
                 kind = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
                 raise UpstreamError(f"{url}: {kind}") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -1487,37 +1576,8 @@ def parse_page(name: str, fetched: Fetched) -> ProjectPage:
 
 
 # =============================================================================
-# 7. Own packages and the cache policy
+# 7. Own packages
 # =============================================================================
-
-STREAM_AFTER_SECS = 2.0
-DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
-MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
-HEAVY_BYTES = 1024 * 1024  # pages this big are parsed one at a time
-HEAVY_FILES = 2000  # and pages with this many files rendered one at a time  # a download finished by then gets a clean 200 or 502 (no tail)
-
-
-class KeyedLocks:
-    """One lock per key (project name, file path), created on demand, dropped when idle."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._locks: dict[str, list[Any]] = {}
-
-    def acquire(self, key: str) -> threading.Lock:
-        with self._lock:
-            entry = self._locks.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        entry[0].acquire()
-        return entry[0]
-
-    def release(self, key: str) -> None:
-        with self._lock:
-            entry = self._locks[key]
-            entry[1] -= 1
-            if not entry[1]:
-                del self._locks[key]
-        entry[0].release()
 
 
 def metadata_sha(data: bytes | None) -> str | None:
@@ -1692,6 +1752,41 @@ def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
     ) for f in files]
     versions = sorted({f.version for f in files if f.version}, key=version_key)
     return ProjectPage(name, entries, versions)
+
+
+# =============================================================================
+# 8. The cache policy and downloads
+# =============================================================================
+
+STREAM_AFTER_SECS = 2.0  # a download finished by then gets a clean 200 or 502 (no tail)
+REFRESH_MIN_AGE = 10.0  # Cache-Control: no-cache revalidates pages older than this
+DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
+MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
+HEAVY_BYTES = 1024 * 1024  # pages this big are parsed one at a time
+HEAVY_FILES = 2000  # and pages with this many files rendered one at a time
+
+
+class KeyedLocks:
+    """One lock per key (project name, file path), created on demand, dropped when idle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, list[Any]] = {}
+
+    def acquire(self, key: str) -> threading.Lock:
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        return entry[0]
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            entry = self._locks[key]
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
+        entry[0].release()
 
 
 @dataclass(frozen=True)
@@ -2203,7 +2298,7 @@ class FileFetcher:
 
 
 # =============================================================================
-# 8. HTTP layer
+# 9. HTTP layer
 # =============================================================================
 
 _SIMPLE_BASES = (("/simple/", "../../"), ("/root/pypi/+simple/", "../../../../"))
@@ -2246,8 +2341,8 @@ def match_route(target: str) -> Route:
     suffix = f"?{query}" if query else ""
     if path == "/":
         return Route("landing")
-    if path == "/health":
-        return Route("health")
+    if path in ("/health", "/metrics"):
+        return Route(path[1:])
     for base, root_rel in _SIMPLE_BASES:
         if path == base[:-1]:
             return Route("redirect", location=base + suffix)  # URL-2
@@ -2291,15 +2386,41 @@ def accepts_gzip(header: str | None) -> bool:
     return False
 
 
-def landing_html(projects: int, base: str) -> bytes:
-    """A short page for people who open the index in a browser."""
+def landing_html(base: str, projects: int, files: int, config: ServeConfig) -> bytes:
+    """The page for people who open the index in a browser: what it is and how to use it."""
     index = html.escape(base + "simple/")
-    return (
-        "<!DOCTYPE html>\n<html><head><title>pytail</title></head><body>\n"
-        f"<h1>pytail {__version__}</h1>\n<p>A Python package index: "
-        f"{projects} projects known. Simple API at <a href=\"simple/\">{index}</a>.</p>\n"
-        f"<pre>pip install --index-url {index} PACKAGE\n"
-        f"uv pip install --index-url {index} PACKAGE</pre>\n</body></html>\n").encode()
+    host = html.escape(urllib.parse.urlsplit(base).hostname or "localhost")
+    upstream = html.escape(redact_url(config.upstream)) if config.upstream else \
+        "none (offline: only what is cached)"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pytail package index</title>
+<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto;padding:0 1em}}
+pre{{background:#f4f4f4;padding:.6em;overflow-x:auto}}</style></head><body>
+<h1>pytail package index</h1>
+<p>This is a Python package index: the organisation's own packages plus a caching mirror
+of {upstream}. It knows <strong>{projects}</strong> projects and holds
+<strong>{files}</strong> files. Browse the <a href="simple/">Simple index</a>.</p>
+<h2>pip</h2><pre>pip install --index-url {index} PACKAGE
+
+# or in pip.conf
+[global]
+index-url = {index}
+trusted-host = {host}</pre>
+<h2>uv</h2><pre>uv pip install --index-url {index} PACKAGE
+
+# or in uv.toml / [tool.uv] in pyproject.toml
+[[index]]
+url = "{index}"
+default = true</pre>
+<h2>poetry</h2><pre>poetry source add --priority=primary pytail {index}</pre>
+<h2>pdm</h2><pre>[[tool.pdm.source]]
+name = "pypi"
+url = "{index}"</pre>
+<p>Use this index as the only one (no extra index URLs): own packages always win over
+public ones of the same name. <a href="health">health</a> &middot;
+<a href="metrics">metrics</a> &middot; pytail {__version__}</p>
+</body></html>
+""".encode()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -2335,6 +2456,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _begin(self, head: bool) -> None:
         self._head, self._outcome, self._status, self._sent = head, "-", 0, 0
+        self._route = "invalid"
         self._headers_done = False
         self._started = time.monotonic()
         if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") \
@@ -2345,6 +2467,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._begin(head)
         try:
             route = match_route(self.path)
+            self._route = route.kind
             getattr(self, f"_serve_{route.kind}")(route)
         except PytailError as exc:
             self._send_error(exc)
@@ -2357,6 +2480,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._log_access()
 
     def _log_access(self) -> None:
+        metrics = self.server.metrics
+        metrics.add("pytail_requests_total", route=self._route, status=str(self._status))
+        metrics.add("pytail_bytes_served_total", self._sent)
+        if self._outcome != "-":
+            metrics.add("pytail_cache_total", outcome=self._outcome)
         path = "".join(c if 32 <= ord(c) < 127 else "?" for c in self.path[:300])
         log.info('%s "%s %s" %d %d %s %.1fms', self.client_address[0], self.command, path,
                  self._status, self._sent, self._outcome,
@@ -2464,7 +2592,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve_project(self, route: Route) -> None:
         media = self._negotiate(route)
-        state, self._outcome = self.server.cache.lookup(route.name)
+        cache = self.server.cache
+        control = (self.headers.get("Cache-Control") or "").replace(" ", "").lower()
+        forced = "no-cache" in control or "max-age=0" in control  # CACHE-3: uv/pip refresh
+        state, self._outcome = cache.lookup(
+            route.name, cache.clock() - REFRESH_MIN_AGE if forced else 0.0)
         variant = self.server.cache.variant(state, media, route.root_rel)
         self._send_page(variant, media, REVALIDATE if state.local
                         else f"max-age={PAGE_MAX_AGE_MIRROR}, public")
@@ -2481,6 +2613,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         etag = f'"{row.sha256}"' if row.sha256 else make_etag(row.path.encode())
         if server.store.exists(route.path):
             self._outcome = "HIT"
+            server.index.note_use(route.path, time.time())
             return self._send_file(server.store.path(route.path), etag, IMMUTABLE)
         if server.cache.upstream is None:
             raise NotFound(f"{row.filename} is not cached (offline)")
@@ -2535,8 +2668,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve_metadata(self, route: Route) -> None:
         row = self.server.cache.find_file(route.path)
+        self._outcome = "HIT" if self.server.store.exists(route.path + ".metadata") else "MISS"
         path = self.server.fetcher.metadata(row)
-        self._outcome = "HIT"
         self._send_file(path, f'"{row.path and hash_file(path)}"', IMMUTABLE)
 
     def _local(self) -> LocalPackages:
@@ -2562,14 +2695,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send_bytes(status, entry.metadata, headers)
 
     def _serve_landing(self, route: Route) -> None:
-        body = landing_html(len(self.server.cache.projects()), self._base_url())
+        server = self.server
+        stats = server.index.stats()
+        local = server.index.local_count() if server.local else 0
+        body = landing_html(self._base_url(), len(server.cache.projects()),
+                            stats["files"] + local, server.config)
         self._send_bytes(200, body, {"Content-Type": "text/html; charset=utf-8",
                                      "Cache-Control": REVALIDATE})
 
     def _serve_health(self, route: Route) -> None:
-        body = json.dumps({"status": "ok", "version": __version__,
-                           "uptime": round(time.time() - self.server.started, 1)}).encode()
+        server = self.server
+        metrics = server.metrics
+        body = json.dumps({
+            "status": "ok", "version": __version__,
+            "uptime": round(time.time() - server.started, 1),
+            "cache_bytes": server.index.stats()["bytes"],
+            "upstream": "offline" if server.cache.upstream is None else
+            "never asked" if not (metrics.upstream_ok or metrics.upstream_failed) else
+            "ok" if metrics.upstream_ok >= metrics.upstream_failed else "failing",
+        }).encode()
         self._send_bytes(200, body, {"Content-Type": "application/json",
+                                     "Cache-Control": "no-store"})
+
+    def _serve_metrics(self, route: Route) -> None:
+        server = self.server
+        stats = server.index.stats()
+        body = server.metrics.render({
+            "pytail_uptime_seconds": round(time.time() - server.started, 1),
+            "pytail_cache_files": stats["files"], "pytail_cache_bytes": stats["bytes"],
+            "pytail_cached_projects": stats["projects"]})
+        self._send_bytes(200, body, {"Content-Type": "text/plain; version=0.0.4",
                                      "Cache-Control": "no-store"})
 
     def _base_url(self) -> str:
@@ -2593,9 +2748,11 @@ class PytailServer(http.server.ThreadingHTTPServer):
         os.makedirs(config.cache_dir, exist_ok=True)
         self.config = config
         self.started = time.time()
+        self.metrics = Metrics()
         self.index = Index(os.path.join(config.cache_dir, "index.sqlite3"))
         self.store = FileStore(config.cache_dir)
-        upstream = Upstream(config.upstream, config.timeout) if config.upstream else None
+        upstream = Upstream(config.upstream, config.timeout, self.metrics) \
+            if config.upstream else None
         self.local = LocalPackages(config.packages_dir, self.index, clock) \
             if config.packages_dir else None
         self.cache = ProjectCache(self.index, self.store, upstream, self.local, config.ttl, clock)
@@ -2657,7 +2814,7 @@ def make_server(config: ServeConfig, clock: Callable[[], float] = time.time) -> 
 
 
 # =============================================================================
-# 9. Manifest and publishing
+# 10. Manifest and publishing
 # =============================================================================
 # Path-style requests (endpoint/bucket/key) to S3, Cloudflare R2 or moto. Limits
 # from AWS "multipart upload limits" and R2 "Multipart upload" / "Limits"; retryable
@@ -3256,7 +3413,7 @@ def scan_directory(directory: str, cache_dir: str
 
 
 # =============================================================================
-# 10. Command line
+# 11. Command line
 # =============================================================================
 
 
