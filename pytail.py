@@ -54,6 +54,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import tomllib
 import unicodedata
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -374,6 +375,67 @@ def sdist_pkg_info(path: str) -> bytes | None:
     except Exception:  # a damaged archive of any kind (lzma.LZMAError, zlib.error...)
         return None
     return None
+
+
+@dataclass(frozen=True)
+class Want:
+    """A distribution a requirements or lock file pins: by version, and by hash or
+    filename when the file says so (for `prefetch`)."""
+
+    project: str
+    version: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+
+
+_REQ_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:===?\s*([^\s;,]+))?")
+
+
+def parse_requirements(text: str) -> list[Want]:
+    """Wants of a requirements file: `name==version` (with `--hash=sha256:...`) lines.
+
+    Unpinned names want only their page; options, URLs and comments are skipped.
+    """
+    wants: list[Want] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.split(" #", 1)[0].strip()
+        match = _REQ_RE.match(line) if line and not line.startswith(("#", "-")) else None
+        if match is None or "://" in line or "@" in line.split(";")[0]:
+            continue
+        name, version = normalize_name(match.group(1)), match.group(2)
+        hashes = re.findall(r"--hash[=\s]sha256:([0-9a-fA-F]{64})", line)
+        wants += [Want(name, version, h.lower()) for h in hashes] or [Want(name, version)]
+    return wants
+
+
+def _lock_file_want(name: str, version: str | None, item: Any) -> Want | None:
+    """One wheel or sdist entry of a lock file, or None if it has no usable URL."""
+    if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+        return None
+    filename = urllib.parse.unquote(item["url"].split("#")[0].rsplit("/", 1)[-1])
+    digest = item.get("hash") if isinstance(item.get("hash"), str) else \
+        "sha256:" + str((item.get("hashes") or {}).get("sha256", ""))  # uv.lock / pylock
+    sha = digest.removeprefix("sha256:").lower()
+    return Want(name, version, sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None,
+                filename if is_safe_filename(filename) else None)
+
+
+def parse_lock(data: Mapping[str, Any]) -> list[Want]:
+    """Wants of a uv.lock (`[[package]]`, `hash = "sha256:..."`) or a PEP 751 pylock.toml
+    (`[[packages]]`, `hashes = {sha256 = ...}`) already decoded from TOML."""
+    wants: list[Want] = []
+    for package in data.get("package", []) + data.get("packages", []):
+        if not isinstance(package, dict) or not isinstance(package.get("name"), str):
+            continue
+        source = package.get("source")
+        if isinstance(source, dict) and "registry" not in source:
+            continue  # the project itself, a path, git or URL dependency: not on an index
+        name, version = normalize_name(package["name"]), package.get("version")
+        files = list(package.get("wheels") or []) + ([package["sdist"]] if package.get("sdist")
+                                                     else [])
+        found = [w for w in (_lock_file_want(name, version, item) for item in files) if w]
+        wants += found or [Want(name, version)]
+    return wants
 
 
 # =============================================================================
@@ -1180,6 +1242,12 @@ class Index:
                           "ORDER BY coalesce(last_used, 0), path")
         return [FileRow(*r[:7], bool(r[7])) for r in rows]
 
+    def last_uses(self) -> dict[str, float]:
+        """When each cached file was last served (or cached)."""
+        self.flush_uses()
+        return {p: t or 0.0 for p, t in self._rows(
+            "SELECT path, last_used FROM files WHERE cached = 1")}
+
     def forget_file(self, path: str) -> None:
         """The file's bytes (and metadata) are gone from the cache."""
         self._rows("UPDATE files SET cached = 0, metadata_sha256 = NULL WHERE path = ?",
@@ -1279,12 +1347,26 @@ class FileStore:
     Thread-safe: it keeps no state beyond its directories.
     """
 
-    def __init__(self, cache_dir: str) -> None:
+    def __init__(self, cache_dir: str, clean: bool = False) -> None:
+        """`clean` (the server, at start) removes leftover temporary files; command-line
+        tools that may run beside a server leave them alone."""
         self.root = os.path.realpath(os.path.join(cache_dir, "+files"))
         self.tmp = os.path.realpath(os.path.join(cache_dir, "+tmp"))
         os.makedirs(self.root, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if clean:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         os.makedirs(self.tmp, exist_ok=True)
+
+    def remove(self, site_path: str) -> int:
+        """Delete a cached file and its `.metadata`; returns the bytes freed."""
+        freed = 0
+        for path in (self.path(site_path), self.path(site_path) + ".metadata"):
+            try:
+                freed += os.path.getsize(path)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return freed
 
     def path(self, site_path: str) -> str:
         """The disk path of a site path; BadRequest if it would leave the store."""
@@ -2297,6 +2379,129 @@ class FileFetcher:
         return path
 
 
+class CacheTools:
+    """The cache commands (stats, prune, verify, refresh, prefetch) on a cache directory
+    that a running server may share: SQLite serialises the writes, files are only ever
+    added by atomic rename or removed whole. `out` gets one line per change."""
+
+    def __init__(self, cache_dir: str, upstream_url: str | None, timeout: float,
+                 out: Callable[[str], None] = print) -> None:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            self.store = FileStore(cache_dir)
+        except OSError as exc:
+            raise ConfigError(f"cannot use cache directory {cache_dir!r}: {exc.strerror}") \
+                from None
+        self.index = Index(os.path.join(cache_dir, "index.sqlite3"))
+        upstream = Upstream(upstream_url, timeout) if upstream_url else None
+        self.cache = ProjectCache(self.index, self.store, upstream, None, DEFAULT_TTL, time.time)
+        self.fetcher = FileFetcher(self.cache, self.store)
+        self.out = out
+
+    def close(self) -> None:
+        self.index.close()
+
+    def prune(self, max_size: int | None, unused_days: float | None, dry_run: bool) -> int:
+        """Remove least recently used files until under `max_size` and none is older than
+        `unused_days`; returns the bytes freed. Own packages are never in the cache."""
+        rows = self.index.cached_files()
+        total = sum(r.size or 0 for r in rows)
+        cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
+        last_used = self.index.last_uses()
+        freed = 0
+        for row in rows:
+            old = cutoff is not None and (last_used.get(row.path) or 0) < cutoff
+            if not old and (max_size is None or total <= max_size):
+                continue
+            self.out(f"{'would remove' if dry_run else 'removed'} {row.path} ({row.size} bytes)")
+            if not dry_run:
+                self.store.remove(row.path)
+                self.index.forget_file(row.path)
+            total -= row.size or 0
+            freed += row.size or 0
+        return freed
+
+    def verify(self) -> int:
+        """Re-hash every cached file; drop and report the bad ones. Returns how many."""
+        bad = 0
+        for row in self.index.cached_files():
+            path = self.store.path(row.path)
+            problem = "missing" if not os.path.isfile(path) else \
+                "sha256 mismatch" if row.sha256 and hash_file(path) != row.sha256 else None
+            meta = path + ".metadata"
+            if problem is None and row.metadata_sha256 and (
+                    not os.path.isfile(meta) or hash_file(meta) != row.metadata_sha256):
+                problem = "metadata mismatch"
+            if problem:
+                bad += 1
+                self.out(f"bad {row.path}: {problem}; removed")
+                self.store.remove(row.path)
+                self.index.forget_file(row.path)
+        return bad
+
+    def refresh(self, name: str) -> int:
+        """Fetch a project's page from upstream now; returns its file count."""
+        if self.cache.upstream is None:
+            raise ConfigError("refresh needs an upstream")
+        state, outcome = self.cache.lookup(normalize_name(name), min_fetched=time.time())
+        count = len(state.page.files) if state.page else 0
+        self.out(f"refreshed {normalize_name(name)}: {count} files ({outcome})")
+        return count
+
+    def prefetch(self, wants: list[Want]) -> tuple[int, int]:
+        """Fetch the pages, files and metadata that `wants` pin; (files fetched, failures)."""
+        fetched = failures = 0
+        by_project: dict[str, list[Want]] = {}
+        for want in wants:
+            by_project.setdefault(want.project, []).append(want)
+        for project, group in sorted(by_project.items()):
+            try:
+                state, _ = self.cache.lookup(project)
+                fetched += self._prefetch_files(project, state, group)
+            except PytailError as exc:
+                failures += 1
+                self.out(f"failed {project}: {exc}")
+        return fetched, failures
+
+    def _prefetch_files(self, project: str, state: PageState, wants: list[Want]) -> int:
+        fetched = 0
+        assert state.page is not None
+        for entry in state.page.files:
+            if not any(_wanted(entry, w) for w in wants):
+                continue
+            row = self.index.register_file(project, entry, self.store.exists(entry.path))
+            if not self.store.exists(entry.path):
+                self.fetcher.download(row).wait(lambda: False, DOWNLOAD_DEADLINE)
+                fetched += 1
+                self.out(f"fetched {entry.filename} ({os.path.getsize(self.store.path(row.path))}"
+                         " bytes)")
+            if dist_kind(entry.filename) == "wheel":
+                try:
+                    self.fetcher.metadata(self.index.file(row.path) or row)
+                except NotFound:
+                    pass
+        missing = [w for w in wants if (w.sha256 or w.filename)
+                   and not any(_wanted(e, w) for e in state.page.files)]
+        if missing:
+            raise NotFound(f"{len(missing)} pinned file(s) are not on the index, e.g. "
+                           f"{missing[0].filename or missing[0].sha256}")
+        return fetched
+
+
+def _wanted(entry: FileEntry, want: Want) -> bool:
+    """Does a page entry satisfy a pin: by hash, else filename, else version?"""
+    if want.sha256:
+        return entry.sha256 == want.sha256
+    if want.filename:
+        return entry.filename == want.filename
+    if want.version:
+        try:
+            return parse_dist_filename(entry.filename)[1] == want.version
+        except ValueError:
+            return False
+    return False
+
+
 # =============================================================================
 # 9. HTTP layer
 # =============================================================================
@@ -2750,7 +2955,7 @@ class PytailServer(http.server.ThreadingHTTPServer):
         self.started = time.time()
         self.metrics = Metrics()
         self.index = Index(os.path.join(config.cache_dir, "index.sqlite3"))
-        self.store = FileStore(config.cache_dir)
+        self.store = FileStore(config.cache_dir, clean=True)
         upstream = Upstream(config.upstream, config.timeout, self.metrics) \
             if config.upstream else None
         self.local = LocalPackages(config.packages_dir, self.index, clock) \
@@ -3665,6 +3870,121 @@ def cmd_presign(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                        help=f"cache directory [PYTAIL_CACHE_DIR] (default {DEFAULT_CACHE_DIR})")
+
+
+def _add_upstream(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream-base-url", type=upstream_arg,
+                        default=_env("UPSTREAM_BASE_URL", DEFAULT_UPSTREAM),
+                        help=f"upstream origin or index URL (default {DEFAULT_UPSTREAM})")
+    parser.add_argument("--request-timeout-secs", type=positive_arg,
+                        default=_env("REQUEST_TIMEOUT_SECS", str(DEFAULT_TIMEOUT)),
+                        help=f"upstream timeout (default {DEFAULT_TIMEOUT:g})")
+
+
+def _add_cache_parser(sub: Any) -> None:
+    parser = sub.add_parser("cache", help="inspect and maintain the cache",
+                            description="Maintain a cache directory; safe beside a running "
+                            "server.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    stats = actions.add_parser("stats", help="projects, files, bytes, oldest and newest use")
+    prune = actions.add_parser("prune", help="remove least recently used files")
+    prune.add_argument("--max-size", type=size_arg, help="shrink the cache to this size "
+                       "(e.g. 20GiB)")
+    prune.add_argument("--unused-for", type=positive_arg, metavar="DAYS",
+                       help="remove files not served for this many days")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would go")
+    verify = actions.add_parser("verify", help="re-hash every file; drop and report bad ones "
+                                "(exit 1 if any)")
+    refresh = actions.add_parser("refresh", help="fetch projects' pages from upstream now")
+    refresh.add_argument("names", nargs="+", metavar="NAME")
+    _add_upstream(refresh)
+    for action in (stats, prune, verify, refresh):
+        _add_cache_dir(action)
+    parser.set_defaults(func=cmd_cache)
+
+
+def _add_prefetch_parser(sub: Any) -> None:
+    parser = sub.add_parser("prefetch", help="fill the cache from requirements or lock files",
+                            description="Fetch the pages, files and metadata that requirements "
+                            "files (name==version, --hash) and uv.lock / pylock.toml files pin, "
+                            "so the cache can be carried to an air-gapped host.")
+    parser.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
+                        help="a requirements file (repeatable)")
+    parser.add_argument("--lock", action="append", default=[], metavar="FILE",
+                        help="a uv.lock or pylock.toml (repeatable)")
+    _add_upstream(parser)
+    _add_cache_dir(parser)
+    parser.set_defaults(func=cmd_prefetch)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+
+
+def read_wants(requirements: list[str], locks: list[str]) -> list[Want]:
+    """Every pin of the given requirements and lock files."""
+    wants = [w for path in requirements for w in parse_requirements(_read_text(path))]
+    for path in locks:
+        try:
+            wants += parse_lock(tomllib.loads(_read_text(path)))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return wants
+
+
+def cmd_cache(ns: argparse.Namespace) -> int:
+    """`pytail cache ACTION`."""
+    upstream = getattr(ns, "upstream_base_url", None)
+    tools = CacheTools(ns.cache_dir, upstream, getattr(ns, "request_timeout_secs", 15.0))
+    try:
+        if ns.action == "stats":
+            stats = tools.index.stats()
+            for key in ("oldest_use", "newest_use"):
+                stats[key] = iso_time(stats[key]) if stats[key] else None
+            for key, value in stats.items():
+                print(f"{key}: {value}")
+        elif ns.action == "prune":
+            if ns.max_size is None and ns.unused_for is None:
+                raise ConfigError("say what to prune: --max-size and/or --unused-for")
+            freed = tools.prune(ns.max_size, ns.unused_for, ns.dry_run)
+            print(f"{'would free' if ns.dry_run else 'freed'} {freed} bytes")
+        elif ns.action == "verify":
+            bad = tools.verify()
+            print(f"verified: {bad} bad file(s) removed")
+            return 1 if bad else 0
+        else:
+            for name in ns.names:
+                tools.refresh(name)
+        return 0
+    finally:
+        tools.close()
+
+
+def cmd_prefetch(ns: argparse.Namespace) -> int:
+    """`pytail prefetch`: exit 1 if anything pinned could not be fetched."""
+    wants = read_wants(ns.requirement, ns.lock)
+    if not wants:
+        raise ConfigError("nothing to prefetch: give -r FILE and/or --lock FILE")
+    if ns.upstream_base_url is None:
+        raise ConfigError("prefetch needs an upstream")
+    tools = CacheTools(ns.cache_dir, ns.upstream_base_url, ns.request_timeout_secs,
+                       out=lambda line: print(line, flush=True))
+    try:
+        fetched, failures = tools.prefetch(wants)
+    finally:
+        tools.close()
+    print(f"prefetch: {fetched} files fetched, {failures} projects failed")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytail", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"pytail {__version__}")
@@ -3673,6 +3993,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest_parser(sub)
     _add_publish_parser(sub)
     _add_presign_parser(sub)
+    _add_cache_parser(sub)
+    _add_prefetch_parser(sub)
     return parser
 
 

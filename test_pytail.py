@@ -2483,3 +2483,152 @@ def test_publish_delete_refused_when_files_are_unreadable(bucket_env: Callable[.
     (packages / "pub_broken-1.0-py3-none-any.whl").write_bytes(b"nope")
     assert bucket_env(packages, "--delete") == 1
     assert "refusing --delete" in capsys.readouterr().err
+
+
+# =============================================================================
+# Operating: air-gapped hosts, cache commands, health, metrics, landing page
+# =============================================================================
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+def test_air_gapped_workflow(client: str, upstream: FakeUpstream, alpha_beta: None,
+                             tmp_path: Path, clock: Clock) -> None:
+    """Warm a cache with prefetch, carry it over, serve it offline, install from it."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("alpha==1.0\nbeta==1.0 ; python_version >= '3'\n")
+    connected = tmp_path / "connected-cache"
+    assert pytail.main(["prefetch", "-r", str(requirements), "--upstream-base-url",
+                        upstream.url, "--cache-dir", str(connected)]) == 0
+    assert pytail.main(["prefetch", "-r", str(requirements), "--upstream-base-url",
+                        upstream.url, "--cache-dir", str(connected)]) == 0  # idempotent
+    carried = tmp_path / "air-gapped-cache"
+    shutil.copytree(connected, carried)  # what a USB stick would do
+    upstream.fail = "reset"  # the network is gone
+    before = len(upstream.requests)
+    config = pytail.ServeConfig(bind_port=0, upstream=None, cache_dir=str(carried))
+    proxy = Proxy(config, clock)
+    try:
+        target = tmp_path / "target"
+        (pip_install if client == "pip" else uv_install)(proxy.url + "/simple/", target,
+                                                         tmp_path, "alpha")
+        assert installed_version(target, "alpha") == "1.0"
+        assert installed_version(target, "beta") == "1.0"
+        assert len(upstream.requests) == before
+    finally:
+        proxy.stop()
+
+
+def test_offline_lists_only_cached_files(proxy: Proxy, upstream: FakeUpstream, dists: Path,
+                                         cfg: pytail.ServeConfig, clock: Clock,
+                                         tmp_path: Path) -> None:
+    upstream.add("gamma", make_wheel(dists, "gamma", "1.0"), make_wheel(dists, "gamma", "2.0"))
+    pip_install(proxy.url + "/simple/", tmp_path / "t1", tmp_path, "gamma==1.0")
+    proxy.stop()
+    import dataclasses
+    offline = Proxy(dataclasses.replace(cfg, upstream=None), clock)
+    try:
+        assert offline.get_json("/simple/gamma/")["versions"] == ["1.0"]
+        for client in (pip_install, uv_install):
+            target = tmp_path / f"t-{client.__name__}"
+            client(offline.url + "/simple/", target, tmp_path, "gamma")
+            assert installed_version(target, "gamma") == "1.0"
+    finally:
+        offline.stop()
+
+
+def test_prefetch_from_lock_files(upstream: FakeUpstream, alpha_beta: None, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    beta = next(f for f in upstream.projects["beta"] if f.filename == "beta-1.0-py3-none-any.whl")
+    uv_lock = tmp_path / "uv.lock"
+    uv_lock.write_text(f'''version = 1
+[[package]]
+name = "app"
+version = "0.1.0"
+source = {{ editable = "." }}
+
+[[package]]
+name = "beta"
+version = "1.0"
+source = {{ registry = "https://pypi.org/simple" }}
+wheels = [{{ url = "https://files.example/beta-1.0-py3-none-any.whl", hash = "sha256:{sha(beta.data)}" }}]
+''')
+    pylock = tmp_path / "pylock.toml"
+    pylock.write_text(f'''lock-version = "1.0"
+[[packages]]
+name = "beta"
+version = "9.9"
+[[packages.wheels]]
+url = "https://files.example/beta-9.9-py3-none-any.whl"
+hashes = {{ sha256 = "{"0" * 64}" }}
+''')
+    cache = tmp_path / "c"
+    assert pytail.main(["prefetch", "--lock", str(uv_lock), "--upstream-base-url", upstream.url,
+                        "--cache-dir", str(cache)]) == 0
+    assert "fetched beta-1.0-py3-none-any.whl" in capsys.readouterr().out
+    assert upstream.count("/files/beta-1.0.tar.gz") == 0  # only what is pinned
+    assert pytail.main(["prefetch", "--lock", str(pylock), "--upstream-base-url", upstream.url,
+                        "--cache-dir", str(cache)]) == 1  # pinned, but not on the index
+    assert "not on the index" in capsys.readouterr().out
+
+
+def test_cache_stats_prune_verify(proxy: Proxy, alpha: Path, cfg: pytail.ServeConfig,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    wheel_url = proxy.file_url("alpha", alpha.name)
+    proxy.request(wheel_url)
+    sdist_url = proxy.file_url("alpha", "alpha-0.9.tar.gz")
+    proxy.request(sdist_url)
+    proxy.stop()
+    cache = ["--cache-dir", cfg.cache_dir]
+    assert pytail.main(["cache", "stats", *cache]) == 0
+    out = capsys.readouterr().out
+    assert "projects: 1" in out and "files: 2" in out
+    on_disk = Path(cfg.cache_dir, "+files", wheel_url.lstrip("/"))
+    on_disk.write_bytes(b"rotten")
+    assert pytail.main(["cache", "verify", *cache]) == 1
+    out = capsys.readouterr().out
+    assert "sha256 mismatch" in out and not on_disk.exists()
+    assert pytail.main(["cache", "verify", *cache]) == 0
+    assert pytail.main(["cache", "prune", "--max-size", "0", "--dry-run", *cache]) == 0
+    assert "would remove" in capsys.readouterr().out
+    assert pytail.main(["cache", "prune", "--max-size", "0", *cache]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert not Path(cfg.cache_dir, "+files", sdist_url.lstrip("/")).exists()
+    assert pytail.main(["cache", "prune", *cache]) == 1  # says what is missing
+
+
+def test_health_metrics_and_landing_page(proxy: Proxy, alpha: Path,
+                                         upstream: FakeUpstream) -> None:
+    health = json.loads(proxy.request("/health")[2])
+    assert health["status"] == "ok" and health["upstream"] == "never asked"
+    proxy.request("/simple/alpha/")
+    proxy.request("/simple/alpha/")
+    proxy.request(proxy.file_url("alpha", alpha.name))
+    health = json.loads(proxy.request("/health")[2])
+    assert health["upstream"] == "ok" and health["cache_bytes"] == alpha.stat().st_size
+    status, headers, body = proxy.request("/metrics")
+    text = body.decode()
+    assert headers["content-type"].startswith("text/plain")
+    assert 'pytail_requests_total{route="project",status="200"}' in text
+    assert 'pytail_cache_total{outcome="HIT"}' in text
+    assert 'pytail_cache_total{outcome="MISS"}' in text
+    assert re.search(r"^pytail_upstream_requests_total \d+", text, re.MULTILINE)
+    assert re.search(r"^pytail_bytes_served_total \d+", text, re.MULTILINE)
+    upstream.fail = "500"
+    proxy.request("/simple/other/")
+    assert json.loads(proxy.request("/health")[2])["upstream"] == "failing"
+    status, headers, page = proxy.request("/", headers={"Host": "pypi.internal:3141"})
+    assert status == 200 and b"http://pypi.internal:3141/simple/" in page
+    for tool in (b"pip install --index-url", b"uv pip install", b"poetry source add",
+                 b"tool.pdm.source"):
+        assert tool in page
+    assert b"<script" not in page
+
+
+def test_no_cache_request_revalidates(proxy: Proxy, upstream: FakeUpstream, alpha: Path,
+                                      clock: Clock) -> None:  # CACHE-3
+    proxy.request("/simple/alpha/")
+    proxy.request("/simple/alpha/", headers={"Cache-Control": "no-cache"})
+    assert upstream.count("/simple/alpha/") == 1  # just fetched: no second request
+    clock.now += pytail.REFRESH_MIN_AGE + 1
+    _, headers, _ = proxy.request("/simple/alpha/", headers={"Cache-Control": "max-age=0"})
+    assert upstream.count("/simple/alpha/") == 2 and headers["x-pytail-cache"] == "REVALIDATED"
