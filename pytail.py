@@ -2511,6 +2511,7 @@ _FILE_PATH_RE = re.compile(r"root/pypi/\+f/(?:[0-9a-f]{3}/[0-9a-f]{13}|_url/[0-9
                            r"([^/]+)\Z")
 _BAD_ESCAPES_RE = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 MAX_PATH = 2048
+REQUEST_DEADLINE = 30.0  # seconds a connection may idle or take over its request headers
 BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
                  b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
                  b"server is too busy\n")
@@ -2640,7 +2641,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
-    timeout = 60  # seconds a connection may sit idle or stall
+    timeout = 60  # seconds one read or write may stall
     disable_nagle_algorithm = True  # headers and body go out as separate writes
     server: PytailServer
 
@@ -2656,10 +2657,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                         "Content-Type": "text/plain"})
         self._log_access()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
-        _method_not_allowed
+    def __getattr__(self, name: str) -> Any:
+        """Every other method (POST, PUT, FOO...) gets 405, not http.server's 501."""
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.watch(self.connection, waiting=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.unwatch(self.connection)
 
     def _begin(self, head: bool) -> None:
+        self.server.watch(self.connection, waiting=False)  # headers are in: no deadline
         self._head, self._outcome, self._status, self._sent = head, "-", 0, 0
         self._route = "invalid"
         self._headers_done = False
@@ -2694,6 +2709,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log.info('%s "%s %s" %d %d %s %.1fms', self.client_address[0], self.command, path,
                  self._status, self._sent, self._outcome,
                  (time.monotonic() - self._started) * 1000)
+        self.server.watch(self.connection, waiting=True)  # next request: the clock runs
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
@@ -2964,6 +2980,9 @@ class PytailServer(http.server.ThreadingHTTPServer):
         self.fetcher = FileFetcher(self.cache, self.store)
         self._slots = threading.BoundedSemaphore(config.max_threads)
         self._date = (0, "")
+        self._conns: dict[socket.socket, float | None] = {}
+        self._conns_lock = threading.Lock()
+        self.request_deadline = REQUEST_DEADLINE
         try:
             super().__init__((config.bind_host, config.bind_port), Handler)
         except OSError as exc:
@@ -2999,6 +3018,37 @@ class PytailServer(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def watch(self, conn: socket.socket, waiting: bool) -> None:
+        """Note whether a connection is waiting for a request (the deadline runs) or busy."""
+        with self._conns_lock:
+            self._conns[conn] = time.monotonic() if waiting else None
+
+    def unwatch(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.pop(conn, None)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve, with a watchdog that closes connections idle or stuck in their request
+        headers for REQUEST_DEADLINE seconds (slowloris), whatever pace they trickle at."""
+        stop = threading.Event()
+        threading.Thread(target=self._watchdog, args=(stop,), daemon=True,
+                         name="pytail watchdog").start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            stop.set()
+
+    def _watchdog(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            limit = time.monotonic() - self.request_deadline
+            with self._conns_lock:
+                late = [c for c, since in self._conns.items() if since is not None and since < limit]
+            for conn in late:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # its blocked read returns; it ends
+                except OSError:
+                    pass
 
     def server_close(self) -> None:
         super().server_close()

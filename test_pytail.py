@@ -131,6 +131,8 @@ class FakeUpstream:
     corrupt: set[str] = field(default_factory=set)  # filenames served with wrong bytes
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     gate: threading.Event | None = None  # file downloads wait for it when set
+    file_fault: str | None = None  # '500', 'reset_mid', 'short', 'slow', 'redirect', 'loop'
+    pad: int = 0  # bytes of padding in JSON pages (a 50 MB page)
     url: str = ""
 
     def add(self, project: str, *paths: Path, requires_python: str | None = None) -> None:
@@ -148,6 +150,8 @@ class FakeUpstream:
         if self.json and "vnd.pypi.simple.v1+json" in accept:
             doc = {"meta": {"api-version": "1.1", "_last-serial": "7"}, "name": name,
                    "versions": [], "files": [self._json_file(f) for f in files]}
+            if self.pad:
+                doc["x-padding"] = "x" * self.pad
             return "application/vnd.pypi.simple.v1+json", json.dumps(doc).encode()
         links = "".join(self._anchor(f) for f in files)
         return "text/html", f"<!DOCTYPE html><html><body>{links}</body></html>".encode()
@@ -218,7 +222,28 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
             self._send(200, body, ctype, headers)
 
         def _file(self, filename: str) -> None:
+            fault = up.file_fault
+            if fault == "500":
+                return self._send(500, b"boom", "text/plain")
+            if fault == "loop" or (fault == "redirect" and not filename.startswith("moved/")):
+                target = self.path if fault == "loop" else f"/files/moved/{filename}"
+                return self._send(302, b"", "text/plain", {"Location": target})
+            filename = filename.removeprefix("moved/")
             found = up.file(filename)
+            if found is not None and fault in ("reset_mid", "short"):
+                data = found[0]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                if fault == "reset_mid":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                return
+            if fault == "slow":
+                time.sleep(2.5)
             if found is None:
                 return self._send(404, b"", "text/plain")
             data, _ = found
@@ -2632,3 +2657,345 @@ def test_no_cache_request_revalidates(proxy: Proxy, upstream: FakeUpstream, alph
     clock.now += pytail.REFRESH_MIN_AGE + 1
     _, headers, _ = proxy.request("/simple/alpha/", headers={"Cache-Control": "max-age=0"})
     assert upstream.count("/simple/alpha/") == 2 and headers["x-pytail-cache"] == "REVALIDATED"
+
+
+# =============================================================================
+# Hardening: upstream faults, crashes, a full disk, hostile requests, load
+# =============================================================================
+
+
+def cache_is_clean(cache_dir: str, url_path: str) -> bool:
+    """No partial file anywhere: nothing in +tmp, nothing at the file's place."""
+    return not list(Path(cache_dir, "+tmp").iterdir()) and \
+        not Path(cache_dir, "+files", url_path.lstrip("/")).exists()
+
+
+@pytest.mark.parametrize("fault,expected", [
+    ("reset_mid", "error"), ("short", "error"), ("500", 502), ("slow", 502),
+    ("redirect", 200), ("loop", 502),
+])
+def test_file_faults_leave_a_clean_cache(fault: str, expected: Any,
+                                         proxy_factory: Callable[..., Proxy],
+                                         upstream: FakeUpstream, dists: Path,
+                                         cfg: pytail.ServeConfig) -> None:
+    """What the client sees, what is cached afterwards, and that the next request works."""
+    proxy = proxy_factory(timeout=1.0)
+    wheel = make_wheel(dists, "faulty", "1.0", payload=300_000)
+    upstream.add("faulty", wheel)
+    url = proxy.file_url("faulty", wheel.name)
+    upstream.file_fault = fault
+    try:
+        status, _, body = proxy.request(url)
+    except (http.client.HTTPException, OSError):
+        status, body = "error", b""  # the connection was cut short: never a success
+    if expected == 200:
+        assert status == 200 and body == wheel.read_bytes()
+        return
+    assert status == expected or (expected == "error" and status in ("error", 502))
+    assert body != wheel.read_bytes()
+    wait_until(lambda: cache_is_clean(cfg.cache_dir, url))
+    upstream.file_fault = None
+    status, _, body = proxy.request(url)
+    assert status == 200 and body == wheel.read_bytes()
+
+
+def test_fifty_megabyte_page(proxy: Proxy, upstream: FakeUpstream, alpha: Path) -> None:
+    upstream.pad = 50 * 1024 * 1024
+    doc = proxy.get_json("/simple/alpha/")
+    assert {f["filename"] for f in doc["files"]} == {alpha.name, "alpha-0.9.tar.gz"}
+    assert "x-padding" not in doc
+
+
+def test_oversized_page_is_refused(proxy: Proxy, upstream: FakeUpstream, alpha: Path) -> None:
+    upstream.pad = pytail.MAX_PAGE_BYTES + 1
+    status, _, body = proxy.request("/simple/alpha/")
+    assert status == 502 and b"larger than" in body
+
+
+@pytest.mark.parametrize("method", ["FOO", "PROPFIND", "PUT", "DELETE", "OPTIONS"])
+def test_odd_methods_get_405(proxy: Proxy, method: str) -> None:  # URL-8
+    status, headers, _ = proxy.request("/simple/", method=method)
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+def test_huge_headers_get_4xx(proxy: Proxy) -> None:
+    with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
+        sock.sendall(b"GET /simple/ HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+        status = sock.recv(100).split(b" ")[1]
+    assert status.startswith(b"4")
+
+
+def test_slow_headers_are_cut_off(proxy: Proxy) -> None:  # slowloris
+    proxy.server.request_deadline = 1.0
+    started = time.monotonic()
+    with socket.create_connection(proxy.server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /simple/ HTTP/1.1\r\n")
+        closed = False
+        while time.monotonic() - started < 8 and not closed:
+            try:
+                sock.sendall(b"X-Drip: 1\r\n")
+                sock.settimeout(0.3)
+                closed = sock.recv(100) == b""
+            except socket.timeout:
+                pass
+            except OSError:
+                closed = True
+    assert closed and time.monotonic() - started < 5
+
+
+def test_too_many_connections_get_503(proxy_factory: Callable[..., Proxy]) -> None:
+    proxy = proxy_factory(max_threads=2)
+    held = [socket.create_connection(proxy.server.server_address[:2]) for _ in range(2)]
+    try:
+        wait_until(lambda: proxy.server._slots._value == 0)  # type: ignore[attr-defined]
+        with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
+            answer = sock.recv(200)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def serve_subprocess(cache_dir: Path, upstream_url: str, *extra: str,
+                     preexec: Callable[[], None] | None = None) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "pytail.py"), "serve", "--bind", "127.0.0.1:0",
+         "--cache-dir", str(cache_dir), "--upstream-base-url", upstream_url, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    match = re.search(r"(http://127\.0\.0\.1:\d+)/simple/", line)
+    assert match, line + proc.stderr.read()  # type: ignore[union-attr]
+    return proc, match.group(1)
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def quiet_fetch(url: str) -> None:
+    """fetch() for a background thread whose server is about to die."""
+    try:
+        fetch(url)
+    except (OSError, http.client.HTTPException):
+        pass
+
+
+def test_sigkill_mid_download_then_restart(tmp_path: Path, upstream: FakeUpstream,
+                                           dists: Path) -> None:
+    wheel = make_wheel(dists, "killme", "1.0", payload=1_000_000)
+    upstream.add("killme", wheel)
+    cache = tmp_path / "cache"
+    proc, base = serve_subprocess(cache, upstream.url)
+    try:
+        page = json.loads(urllib.request.urlopen(urllib.request.Request(
+            base + "/simple/killme/", headers={"Accept": UV_ACCEPT}), timeout=10).read())
+        url = urllib.parse.urljoin(base + "/simple/killme/", page["files"][0]["url"])
+        upstream.gate = threading.Event()
+        threading.Thread(target=quiet_fetch, args=(url,), daemon=True).start()
+        wait_until(lambda: any((cache / "+tmp").iterdir()))  # half a file is on disk
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        proc.kill()
+        proc.wait()
+    upstream.gate.set()
+    proc, base = serve_subprocess(cache, upstream.url)
+    try:
+        assert list((cache / "+tmp").iterdir()) == []  # leftovers removed at start
+        url = urllib.parse.urljoin(base + "/simple/killme/", page["files"][0]["url"])
+        assert fetch(url) == (200, wheel.read_bytes())
+        import sqlite3
+        with sqlite3.connect(cache / "index.sqlite3") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_full_disk_during_download(tmp_path: Path, upstream: FakeUpstream, dists: Path) -> None:
+    import resource
+    big = make_wheel(dists, "bigone", "1.0", payload=3_000_000)
+    small = make_wheel(dists, "smallone", "1.0")
+    upstream.add("bigone", big)
+    upstream.add("smallone", small)
+    cache = tmp_path / "cache"
+
+    def limit_file_size() -> None:  # a disk with 2 MB left, as far as this process can tell
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+
+    proc, base = serve_subprocess(cache, upstream.url, preexec=limit_file_size)
+    try:
+        def file_url(project: str) -> str:
+            page = json.loads(urllib.request.urlopen(urllib.request.Request(
+                base + f"/simple/{project}/", headers={"Accept": UV_ACCEPT}), timeout=10).read())
+            return urllib.parse.urljoin(base + f"/simple/{project}/", page["files"][0]["url"])
+        big_url = file_url("bigone")
+        try:
+            status, body = fetch(big_url)
+        except (http.client.HTTPException, OSError):
+            status, body = 0, b""
+        assert status != 200 or body != big.read_bytes()
+        assert status in (0, 503)
+        wait_until(lambda: list((cache / "+tmp").iterdir()) == [])
+        assert not list((cache / "+files").rglob("bigone-*"))
+        assert fetch(file_url("smallone")) == (200, small.read_bytes())  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+SECRET = "pytail-secret-token-4f1c"
+PATH_PARTS = ["", "simple", "packages", "root", "pypi", "+f", "%2Bf", "+simple", "..", ".",
+              "%2e%2e", "%2E", "%2f", "%2F", "%5c", "%00", "\\", "/", "//", "a", "alpha",
+              "alpha-1.0-py3-none-any.whl", "secret.txt", "etc", "passwd", ".metadata", "%ff",
+              "%", "abc", "0123456789abc", "_url", "?format=text/html", "?x=%00", "~", ";"]
+
+
+@pytest.fixture
+def hostile_target(tmp_path: Path, proxy_factory: Callable[..., Proxy], alpha: Path,
+                   packages: Path) -> Proxy:
+    """A server with a secret file beside (not inside) its cache and packages directories."""
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "cache" / "secret.txt").write_text(SECRET)
+    make_wheel(packages, "local-one", "1.0")
+    proxy = proxy_factory(packages_dir=str(packages))
+    proxy.request(proxy.file_url("alpha", alpha.name))
+    return proxy
+
+
+def raw_request(proxy: Proxy, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes; return the status and everything the server sent back."""
+    with socket.create_connection(proxy.server.server_address[:2], timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            data += chunk
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return (int(match.group(1)) if match else 0), data
+
+
+def test_hostile_requests_property(hostile_target: Proxy) -> None:
+    """Generated paths and headers: always an answer below 500, never the secret."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    header_value = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+    headers = st.dictionaries(
+        st.sampled_from(["Range", "Accept", "Accept-Encoding", "If-None-Match", "Cache-Control",
+                         "Content-Length", "Host", "Transfer-Encoding", "X-Junk"]),
+        st.one_of(header_value, st.sampled_from(["bytes=0-", "bytes=-5", "bytes=9-1", "*/*",
+                                                 "gzip", "*", "no-cache", "bytes=0-0,5-9"])),
+        max_size=4)
+    paths = st.lists(st.sampled_from(PATH_PARTS), min_size=0, max_size=7).map(
+        lambda parts: "/" + "/".join(parts))
+    methods = st.sampled_from(["GET", "HEAD", "GET", "POST", "BREW", "OPTIONS"])
+
+    @hypothesis.settings(max_examples=300, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(method=methods, path=paths, headers=headers)
+    def check(method: str, path: str, headers: dict[str, str]) -> None:
+        calls.append(path)
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k not in ("Host", "Connection")]
+        status, data = raw_request(hostile_target, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        assert 100 <= status < 500, (method, path, headers, data[:300])
+        assert SECRET.encode() not in data
+        assert b"Traceback" not in data
+
+    calls: list[str] = []
+    check()
+    assert len(calls) >= 100
+
+
+SOAK = os.environ.get("PYTAIL_SOAK") == "1"
+
+
+@pytest.mark.skipif(not SOAK, reason="load check: run with PYTAIL_SOAK=1 (about 40 s)")
+def test_soak_200_concurrent_clients_on_warm_pages(proxy: Proxy, upstream: FakeUpstream,
+                                                   dists: Path) -> None:
+    names = [f"soak{i}" for i in range(20)]
+    for name in names:
+        upstream.add(name, make_wheel(dists, name, "1.0"))
+        proxy.request(f"/simple/{name}/")
+    deadline = time.monotonic() + 30
+    counts = {"ok": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.server.server_address[1], timeout=30)
+        n = 0
+        while time.monotonic() < deadline:
+            try:
+                conn.request("GET", f"/simple/{names[(i + n) % len(names)]}/",
+                             headers={"Accept": UV_ACCEPT, "Accept-Encoding": "gzip"})
+                resp = conn.getresponse()
+                resp.read()
+                good = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                good = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.server.server_address[1],
+                                                  timeout=30)
+            with lock:
+                counts["ok" if good else "errors"] += 1
+            n += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"\nsoak: 200 clients, 30 s: {counts['ok']} responses "
+          f"({counts['ok'] / 30:.0f}/s), {counts['errors']} errors")
+    assert counts["errors"] == 0
+
+
+@pytest.mark.skipif(not SOAK, reason="memory check: run with PYTAIL_SOAK=1 (about 60 s)")
+def test_soak_memory_with_slow_clients_on_a_big_file(tmp_path: Path, upstream: FakeUpstream,
+                                                     dists: Path) -> None:
+    """8 slow clients stream a 500 MB file (cold, then cached): peak RSS stays bounded."""
+    big = tmp_path / "dists" / "huge-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(big, "w") as zf:  # stored, incompressible: 500 MB on disk
+        with zf.open("huge/blob.bin", "w", force_zip64=True) as blob:
+            for _ in range(500):
+                blob.write(os.urandom(1024 * 1024))
+        zf.writestr("huge-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: huge\n"
+                                                     "Version: 1.0\n")
+    upstream.add("huge", big)
+    proc, base = serve_subprocess(tmp_path / "cache", upstream.url, "-q")
+    try:
+        page = json.loads(urllib.request.urlopen(urllib.request.Request(
+            base + "/simple/huge/", headers={"Accept": UV_ACCEPT}), timeout=30).read())
+        url = urllib.parse.urljoin(base + "/simple/huge/", page["files"][0]["url"])
+
+        def slow_client() -> int:
+            total = 0
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                while chunk := resp.read(1024 * 1024):
+                    total += len(chunk)
+                    time.sleep(0.05)  # about 20 MB/s each
+            return total
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            sizes = list(pool.map(lambda _: slow_client(), range(8)))
+        assert sizes == [big.stat().st_size] * 8
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024  # type: ignore
+        print(f"\nsoak: 8 slow clients x 500 MB: peak RSS {peak} MB")
+        assert peak < 150
+    finally:
+        proc.terminate()
+        proc.wait(10)
