@@ -674,22 +674,39 @@ def _attr(value: str) -> str:
     return html.escape(value, quote=True)
 
 
-def render_project_html(page: ProjectPage, root_rel: str) -> bytes:
-    """PEP 503 page; links are relative (`root_rel` leads from the page to the site root)."""
+def _batches(lines: Iterable[str], size: int = 256) -> Iterator[bytes]:
+    """Lines joined into chunks of `size`, encoded: a big page never exists as one string."""
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield "".join(batch).encode()
+            batch = []
+    if batch:
+        yield "".join(batch).encode()
+
+
+def iter_project_html(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
+    """PEP 503 page, in chunks; links are relative (`root_rel` leads from the page to the
+    site root)."""
     version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
-    lines = ["<!DOCTYPE html>", "<html>", "  <head>",
-             f'    <meta name="pypi:repository-version" content="{version}">']
+    head = ["<!DOCTYPE html>", "<html>", "  <head>",
+            f'    <meta name="pypi:repository-version" content="{version}">']
     if page.status:
-        lines.append(f'    <meta name="pypi:project-status" content="{_attr(page.status["status"])}">')
+        head.append(f'    <meta name="pypi:project-status" content="{_attr(page.status["status"])}">')
         if page.status.get("reason"):
-            lines.append('    <meta name="pypi:project-status-reason" '
-                         f'content="{_attr(page.status["reason"])}">')
-    lines += [f"    <title>Links for {_attr(page.name)}</title>", "  </head>", "  <body>",
-              f"    <h1>Links for {_attr(page.name)}</h1>"]
-    for entry in page.files:
-        lines.append(f"    {_anchor(entry, root_rel)}<br>")
-    lines += ["  </body>", "</html>", ""]
-    return "\n".join(lines).encode()
+            head.append('    <meta name="pypi:project-status-reason" '
+                        f'content="{_attr(page.status["reason"])}">')
+    head += [f"    <title>Links for {_attr(page.name)}</title>", "  </head>", "  <body>",
+             f"    <h1>Links for {_attr(page.name)}</h1>", ""]
+    yield "\n".join(head).encode()
+    yield from _batches(f"    {_anchor(entry, root_rel)}<br>\n" for entry in page.files)
+    yield b"  </body>\n</html>\n"
+
+
+def render_project_html(page: ProjectPage, root_rel: str) -> bytes:
+    """PEP 503 page as one bytes object (see iter_project_html)."""
+    return b"".join(iter_project_html(page, root_rel))
 
 
 def _anchor(entry: FileEntry, root_rel: str) -> str:
@@ -735,17 +752,23 @@ def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
     return item
 
 
-def render_project_json(page: ProjectPage, root_rel: str) -> bytes:
-    """PEP 691 JSON page with PEP 700 fields; `name` is normalised (NAME-4)."""
+def iter_project_json(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
+    """PEP 691 JSON page with PEP 700 fields, in chunks; `name` is normalised (NAME-4)."""
     version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
     doc: dict[str, Any] = {"meta": {"api-version": version}, "name": normalize_name(page.name),
                            "versions": page.versions}
     if page.status:
         doc["project-status"] = page.status
-    head = json.dumps(doc, separators=(",", ":"))[:-1]  # without its closing brace
-    files = ",".join(json.dumps(_json_file(f, root_rel), separators=(",", ":"))
-                     for f in page.files)  # one file at a time: no 15,000-dict peak
-    return f'{head},"files":[{files}]}}'.encode()
+    yield (json.dumps(doc, separators=(",", ":"))[:-1] + ',"files":[').encode()
+    yield from _batches((("," if i else "") + json.dumps(_json_file(f, root_rel),
+                                                         separators=(",", ":"))
+                         for i, f in enumerate(page.files)))
+    yield b"]}"
+
+
+def render_project_json(page: ProjectPage, root_rel: str) -> bytes:
+    """PEP 691 JSON page as one bytes object (see iter_project_json)."""
+    return b"".join(iter_project_json(page, root_rel))
 
 
 def render_index_html(names: Iterable[str]) -> bytes:
@@ -1888,12 +1911,24 @@ class Variant:
         return self.plain if self.plain is not None else gzip.decompress(self.gzipped or b"")
 
 
-def make_variant(body: bytes) -> Variant:
-    """Render-once bytes for a page; gzip only where it pays (HTTP-4)."""
-    if len(body) < 1024:
-        return Variant(body, make_etag(body), None, None)
-    return Variant(None, make_etag(body), gzip.compress(body, 6, mtime=0),
-                   make_etag(body, "-gz"))
+def make_variant(chunks: Iterable[bytes]) -> Variant:
+    """Render-once bytes for a page, compressed as they stream in (a 6 MB page is never
+    held whole); gzip only where it pays (HTTP-4)."""
+    digest, packer = hashlib.sha256(), zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    small: list[bytes] = []
+    packed: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        packed.append(packer.compress(chunk))
+        size += len(chunk)
+        if size < 1024:
+            small.append(chunk)
+    etag = f'"{digest.hexdigest()[:32]}"'
+    if size < 1024:
+        return Variant(b"".join(small), etag, None, None)
+    packed.append(packer.flush())
+    return Variant(None, etag, b"".join(packed), etag[:-1] + '-gz"')
 
 
 @dataclass
@@ -2090,9 +2125,8 @@ class ProjectCache:
                 found = rendered.get(key)
                 if found is None:
                     page = state.page if state.local else self._decorate(state.page)
-                    body = render_project_json(page, root_rel) if media == JSON_V1 \
-                        else render_project_html(page, root_rel)
-                    found = rendered[key] = make_variant(body)
+                    render = iter_project_json if media == JSON_V1 else iter_project_html
+                    found = rendered[key] = make_variant(render(page, root_rel))
         return found
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:
@@ -2826,7 +2860,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         media = self._negotiate(route)
         names = self.server.cache.projects()
         body = render_index_json(names) if media == JSON_V1 else render_index_html(names)
-        self._send_page(make_variant(body), media, REVALIDATE)
+        self._send_page(make_variant([body]), media, REVALIDATE)
 
     def _serve_file(self, route: Route) -> None:
         server = self.server
