@@ -2925,7 +2925,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         row = self.server.cache.find_file(route.path)
         self._outcome = "HIT" if self.server.store.exists(route.path + ".metadata") else "MISS"
         path = self.server.fetcher.metadata(row)
-        self._send_file(path, f'"{row.path and hash_file(path)}"', IMMUTABLE)
+        self._send_file(path, f'"{hash_file(path)}"', IMMUTABLE)
 
     def _local(self) -> LocalPackages:
         if self.server.local is None:
