@@ -1425,8 +1425,16 @@ def test_offline_installs_local_packages_with_upstream_stopped(
 # 4. AWS Signature Version 4 (vectors) and 9. the S3 client
 # =============================================================================
 
-VECTORS_PATH = HERE.parent / "shared" / "spec" / "sigv4-vectors.json"  # shared/ beside the repo
-VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+# AWS's published vectors live in the team's shared/ folder beside the repo (CI has it).
+VECTORS_PATH = HERE.parent / "shared" / "spec" / "sigv4-vectors.json"
+VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8")) \
+    if VECTORS_PATH.exists() else {}
+
+
+def test_sigv4_vectors_are_present() -> None:
+    if not VECTORS:
+        message = f"{VECTORS_PATH} not found: the SigV4 vector tests did not run"
+        pytest.fail(message) if REQUIRE_CLIENTS else pytest.skip(message)
 UTC = datetime.timezone.utc
 MIB = 1024 * 1024
 
@@ -1452,9 +1460,10 @@ def split_url(url: str) -> tuple[str, list[tuple[str, str]]]:
 # 4. AWS Signature Version 4: published and generated vectors (all of sigv4-vectors.json)
 # =============================================================================
 
-S3_CREDS = VECTORS["credentials_s3_examples"]
-R2 = VECTORS["botocore_generated_r2_cases_NOT_PUBLISHED"]
-SUITE_CREDS = VECTORS["credentials_generic_suite"]
+S3_CREDS = VECTORS.get("credentials_s3_examples", {})
+R2 = VECTORS.get("botocore_generated_r2_cases_NOT_PUBLISHED",
+                 {"header_cases": [], "presigned_cases": [], "credentials": {}})
+SUITE_CREDS = VECTORS.get("credentials_generic_suite", {})
 
 
 def check_header_vector(v: dict[str, Any], creds: pytail.Credentials, region: str,
@@ -1475,7 +1484,7 @@ def check_header_vector(v: dict[str, Any], creds: pytail.Credentials, region: st
     return sent
 
 
-@pytest.mark.parametrize("v", VECTORS["s3_header_examples"], ids=lambda v: v["name"])
+@pytest.mark.parametrize("v", VECTORS.get("s3_header_examples", []), ids=lambda v: v["name"])
 def test_s3_header_examples(v: dict[str, Any]) -> None:
     sent = check_header_vector(v, creds_of(S3_CREDS), "us-east-1", when_of(S3_CREDS["amz_date"]))
     # AWS prints the compact "…,SignedHeaders=…,Signature=…"; we send botocore's ", " form.
@@ -1505,7 +1514,7 @@ def check_presigned(v: dict[str, Any], creds: pytail.Credentials, region: str,
     assert dict(query)["X-Amz-Signature"] == v["signature"]
 
 
-@pytest.mark.parametrize("v", VECTORS["s3_presigned_examples"], ids=lambda v: v["name"])
+@pytest.mark.parametrize("v", VECTORS.get("s3_presigned_examples", []), ids=lambda v: v["name"])
 def test_s3_presigned_examples(v: dict[str, Any]) -> None:
     check_presigned(v, creds_of(S3_CREDS), "us-east-1", when_of(S3_CREDS["amz_date"]))
 
@@ -1516,8 +1525,8 @@ def test_r2_presigned_cases(v: dict[str, Any]) -> None:
     check_presigned(v, creds_of(c), c["region"], when_of(c["amz_date"]))
 
 
-@pytest.mark.parametrize("c", [S3_CREDS, SUITE_CREDS, R2["credentials"]],
-                         ids=["s3-examples", "generic-suite", "r2-generated"])
+@pytest.mark.parametrize("c", [S3_CREDS, SUITE_CREDS, R2["credentials"]] if VECTORS else [],
+                         ids=["s3-examples", "generic-suite", "r2-generated"] if VECTORS else [])
 def test_derived_signing_key(c: dict[str, str]) -> None:
     key = pytail.signing_key(c["secret_access_key"], c["amz_date"][:8], c["region"], c["service"])
     if "derived_signing_key_hex" in c:
@@ -1571,7 +1580,7 @@ class SuiteCase:
         return target, headers
 
 
-@pytest.mark.parametrize("case", VECTORS["generic_suite"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", VECTORS.get("generic_suite", []), ids=lambda c: c["name"])
 def test_generic_suite_header(case: dict[str, Any]) -> None:
     t, want = SuiteCase(case), case["header"]
     sent = pytail.sign_headers(t.method, t.url, t.headers, t.payload, t.creds, t.region, t.service,
@@ -1588,7 +1597,7 @@ def test_generic_suite_header(case: dict[str, Any]) -> None:
     assert sent == merged(t.signed_request("header")[1])  # incl. Authorization, byte for byte
 
 
-@pytest.mark.parametrize("case", VECTORS["generic_suite"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", VECTORS.get("generic_suite", []), ids=lambda c: c["name"])
 def test_generic_suite_query(case: dict[str, Any]) -> None:
     t, want = SuiteCase(case), case["query"]
     url = pytail.presign_url(t.method, t.url, t.creds, t.region, t.when,
@@ -2655,7 +2664,9 @@ def test_no_cache_request_revalidates(proxy: Proxy, upstream: FakeUpstream, alph
     proxy.request("/simple/alpha/", headers={"Cache-Control": "no-cache"})
     assert upstream.count("/simple/alpha/") == 1  # just fetched: no second request
     clock.now += pytail.REFRESH_MIN_AGE + 1
-    _, headers, _ = proxy.request("/simple/alpha/", headers={"Cache-Control": "max-age=0"})
+    proxy.request("/simple/alpha/", headers={"Cache-Control": "max-age=0"})  # old pips
+    assert upstream.count("/simple/alpha/") == 1  # always send this: not honoured
+    _, headers, _ = proxy.request("/simple/alpha/", headers={"Cache-Control": "no-cache"})
     assert upstream.count("/simple/alpha/") == 2 and headers["x-pytail-cache"] == "REVALIDATED"
 
 
