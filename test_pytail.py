@@ -1,7 +1,11 @@
-"""Tests for pytail.py, in the order of its sections.
+"""Tests for pytail.py.
 
-Real servers on 127.0.0.1:0 in-process (pytail, a fake upstream index, moto for S3), real
-pip and uv for installs. Checklist IDs refer to shared/spec/simple-api-checklist.md.
+Table tests of the pure sections come first (names, pages, negotiation, routing), then
+behaviour through live servers, grouped by capability: the mirror, real clients, the command
+line, own packages, SigV4 and the S3 client, publishing, review findings, operating, and
+hardening. Real servers run on 127.0.0.1:0 in-process (pytail, a fake upstream index, moto
+for S3); installs go through real pip and uv. Checklist IDs refer to
+shared/spec/simple-api-checklist.md.
 """
 from __future__ import annotations
 
