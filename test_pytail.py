@@ -2230,6 +2230,8 @@ def test_publish_is_incremental(bucket_env: Callable[..., Any], packages: Path, 
     assert "content-encoding" not in view.client.head_object(p + "packages/pub_b-2.0.tar.gz")
     page = view.client.head_object(p + "simple/pub-a/")
     assert page["content-type"] == "text/html; charset=utf-8"
+    body = view.get("simple/pub-a/")
+    assert b"data-upload-time=" in body and b"data-size=" in body  # HTML-9 for uv
     assert "must-revalidate" in page["cache-control"]
 
 
