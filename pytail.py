@@ -318,6 +318,18 @@ def sha_path(sha256: str, filename: str) -> str:
     return f"{FILES_PREFIX}{sha256[:3]}/{sha256[3:16]}/{filename}"
 
 
+def same_version(a: str, b: str) -> bool:
+    """Loose PEP 440 equality for pins: case, a leading 'v', '_'/'-'/'.' separators and
+    trailing '.0' release parts do not matter (1.0 == 1 == V1.0.0)."""
+    def key(version: str) -> str:
+        text = re.sub(r"[-_]", ".", version.strip().lower().lstrip("v"))
+        match = re.match(r"(\d+(?:\.\d+)*)(.*)", text)
+        if not match:
+            return text
+        return re.sub(r"(\.0)+$", "", match.group(1)) + match.group(2)
+    return key(a) == key(b)
+
+
 def version_key(version: str) -> tuple[Any, ...]:
     """A sort key that orders release numbers numerically (display order only)."""
     parts = re.split(r"[.+!-]", version)
@@ -428,7 +440,8 @@ def parse_lock(data: Mapping[str, Any]) -> list[Want]:
         if not isinstance(package, dict) or not isinstance(package.get("name"), str):
             continue
         source = package.get("source")
-        if isinstance(source, dict) and "registry" not in source:
+        if (isinstance(source, dict) and "registry" not in source) or \
+                any(key in package for key in ("vcs", "directory", "archive")):
             continue  # the project itself, a path, git or URL dependency: not on an index
         name, version = normalize_name(package["name"]), package.get("version")
         files = list(package.get("wheels") or []) + ([package["sdist"]] if package.get("sdist")
@@ -556,36 +569,54 @@ def _project_status(value: Any) -> dict[str, str] | None:
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN/Infinity would be re-emitted as invalid JSON
+
+
 def _json_top_level(text: str, on_file: Callable[[Any], None]) -> dict[str, Any]:
     """Decode a JSON object's members, handing each element of its "files" array to
     `on_file` as soon as it is decoded, so a 15,000-file page never exists as one big
-    list of dicts. ValueError if the text is not a JSON object."""
-    decoder, skip = json.JSONDecoder(), _JSON_WS.match
+    list of dicts. Strict JSON (RFC 8259): ValueError for anything else."""
+    decoder, skip = json.JSONDecoder(parse_constant=_no_constant), _JSON_WS.match
+
+    def after(pos: int, close: str) -> tuple[int, bool]:
+        """Past the separator that follows a value: (position, container closed?)."""
+        pos = skip(text, pos).end()
+        if text[pos:pos + 1] == ",":
+            return skip(text, pos + 1).end(), False
+        if text[pos:pos + 1] == close:
+            return pos + 1, True
+        raise ValueError(f"expected ',' or {close!r} at {pos}")
+
     pos = skip(text, 0).end()
     if text[pos:pos + 1] != "{":
         raise ValueError("not a JSON object")
     members: dict[str, Any] = {}
     pos = skip(text, pos + 1).end()
-    while text[pos:pos + 1] == '"':
+    closed = text[pos:pos + 1] == "}"
+    pos += closed
+    while not closed:
+        if text[pos:pos + 1] != '"':
+            raise ValueError(f"expected a key at {pos}")
         key, pos = json.decoder.scanstring(text, pos + 1)
         pos = skip(text, pos).end()
         if text[pos:pos + 1] != ":":
             raise ValueError(f"expected ':' at {pos}")
         pos = skip(text, pos + 1).end()
-        if key == "files" and text[pos:pos + 1] == "[":
+        if key == "files" and text[pos:pos + 1] == "[" and key not in members:
             pos = skip(text, pos + 1).end()
-            while text[pos:pos + 1] not in ("]", ""):
+            done = text[pos:pos + 1] == "]"
+            pos += done
+            while not done:
                 item, pos = decoder.raw_decode(text, pos)
                 on_file(item)
-                pos = skip(text, pos).end()
-                pos = skip(text, pos + 1).end() if text[pos:pos + 1] == "," else pos
-            members[key], pos = [], pos + 1
+                pos, done = after(pos, "]")
+            members[key] = []
         else:
             members[key], pos = decoder.raw_decode(text, pos)
-        pos = skip(text, pos).end()
-        pos = skip(text, pos + 1).end() if text[pos:pos + 1] == "," else pos
-    if text[pos:pos + 1] != "}":
-        raise ValueError(f"unexpected data at {pos}")
+        pos, closed = after(pos, "}")
+    if skip(text, pos).end() != len(text):
+        raise ValueError(f"unexpected data after the object at {pos}")
     return members
 
 
@@ -600,8 +631,8 @@ def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
 
     try:
         data = _json_top_level(body.decode("utf-8"), add)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"malformed JSON page: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"malformed JSON page: {type(exc).__name__}: {exc}") from None
     if not isinstance(data.get("files"), list):
         raise ValueError("malformed JSON page: no 'files' list")
     raw_versions = data.get("versions") if isinstance(data.get("versions"), list) else []
@@ -1250,8 +1281,10 @@ class Index:
             pending, self._used = self._used, {}
             self._used_flushed = time.monotonic()
             if pending:
+                self._db.execute("BEGIN")
                 self._db.executemany("UPDATE files SET last_used = ? WHERE path = ?",
                                      [(when, path) for path, when in pending.items()])
+                self._db.execute("COMMIT")
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes of what the cache holds (for `cache stats` and /health)."""
@@ -1320,6 +1353,10 @@ class Index:
         row = self.file(entry.path)
         assert row is not None
         return row
+
+    def data_version(self) -> int:
+        """Changes whenever another process (a `pytail cache` command) commits."""
+        return int(self._rows("PRAGMA data_version")[0][0])
 
     def local_count(self) -> int:
         return int(self._rows("SELECT count(*) FROM local_files WHERE error IS NULL")[0][0])
@@ -1441,6 +1478,11 @@ def discard(path: str) -> None:
 # =============================================================================
 
 
+def _number(value: float) -> str:
+    """A sample value in full precision (integers without exponent)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 class Metrics:
     """Counters for /metrics (Prometheus text format) and /health. Thread-safe."""
 
@@ -1479,9 +1521,10 @@ class Metrics:
                 typed.add(name)
                 lines.append(f"# TYPE {name} counter")
             text = ",".join(f'{k}="{v}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+            lines.append(f"{name}{{{text}}} {_number(value)}" if text
+                         else f"{name} {_number(value)}")
         for name, value in sorted(gauges.items()):
-            lines += [f"# TYPE {name} gauge", f"{name} {value:g}"]
+            lines += [f"# TYPE {name} gauge", f"{name} {_number(value)}"]
         return ("\n".join(lines) + "\n").encode()
 
 
@@ -1556,7 +1599,8 @@ class Upstream:
         self.metrics = metrics or Metrics()
         self.simple_base = simple_base_url(base_url)
         self._auth = upstream_auth(base_url)
-        self._auth_host = urllib.parse.urlsplit(self.simple_base).netloc
+        base = urllib.parse.urlsplit(self.simple_base)
+        self._auth_origin = (base.scheme, base.netloc)  # never sent to another origin
         self.timeout = timeout
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -1590,7 +1634,7 @@ class Upstream:
         key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": f"pytail/{__version__}", **headers}
-        if self._auth and parts.netloc == self._auth_host:
+        if self._auth and (parts.scheme, parts.netloc) == self._auth_origin:
             headers["Authorization"] = self._auth
         for attempt in (0, 1):
             conn = self._connect(key)
@@ -1645,12 +1689,11 @@ class Upstream:
 
 
 def redact_url(url: str) -> str:
-    """The URL without a password, for messages and logs."""
+    """The URL without its credentials (a password, or a token as the user name)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def simple_base_url(base_url: str) -> str:
@@ -1776,6 +1819,8 @@ class LocalPackages:
             elif dist_kind(item.name) and item.is_file(follow_symlinks=False):
                 stat = item.stat()
                 files[item.name] = self._catalogue(item.path, item.name, stat)
+            elif dist_kind(item.name):  # a symlink or special file: never served, but its
+                files[item.name] = self._refused(item.name)  # name stays ours
         for name, entry in files.items():
             entry.yanked = self._yank_reason(name) if name in yanks else None
         projects: dict[str, list[LocalFile]] = {}
@@ -1796,6 +1841,14 @@ class LocalPackages:
         key = (filename, stat.st_size, stat.st_mtime_ns)
         if entry.error and key not in self._reported:
             self._reported.add(key)
+            log.warning("packages: ignoring %s: %s", filename, entry.error)
+        return entry
+
+    def _refused(self, filename: str) -> LocalFile:
+        entry = LocalFile(filename, 0, 0, project=guess_project(filename),
+                          error="not a regular file (symlinks are not served)")
+        if (filename, 0, 0) not in self._reported:
+            self._reported.add((filename, 0, 0))
             log.warning("packages: ignoring %s: %s", filename, entry.error)
         return entry
 
@@ -1872,6 +1925,7 @@ def local_page(name: str, files: list[LocalFile]) -> ProjectPage:
 # =============================================================================
 
 STREAM_AFTER_SECS = 2.0  # a download finished by then gets a clean 200 or 502 (no tail)
+UPSTREAM_BACKOFF = 30.0  # after an upstream failure, a stale page is served this long
 REFRESH_MIN_AGE = 10.0  # Cache-Control: no-cache revalidates pages older than this
 DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
 MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
@@ -1951,6 +2005,7 @@ class PageState:
     local: bool = False
     rendered: dict[tuple[str, str], Variant] = field(default_factory=dict)
     by_path: dict[str, FileEntry] | None = None
+    failed: float = 0.0  # when upstream last failed for it (stale pages back off)
 
     def entry(self, path: str) -> FileEntry | None:
         """The page's file served at `path`, if any (index built on first use)."""
@@ -1993,6 +2048,7 @@ class ProjectCache:
         # Big pages are parsed and rendered one at a time: the GIL allows no parallelism
         # there anyway, and it bounds peak memory to one big page's worth.
         self._heavy = threading.Lock()
+        self._outside = (0.0, -1)  # (when checked, index data_version): see _check_outside
 
     def _parse(self, name: str, fetched: Fetched) -> ProjectPage:
         if len(fetched.body) < HEAVY_BYTES:
@@ -2046,14 +2102,31 @@ class ProjectCache:
         ttl = self.ttl if state.page is not None else NEGATIVE_TTL
         return self.upstream is None or self.clock() - state.fetched < ttl
 
+    def _check_outside(self) -> None:
+        """At most once a second: if another process changed the index (`cache prune`,
+        `verify`), drop rendered pages so they list only files that are still there."""
+        now = time.monotonic()
+        if now - self._outside[0] < 1.0:
+            return
+        version = self.index.data_version()
+        if self._outside[1] not in (-1, version):
+            with self._memory_lock:
+                states = list(self._memory.values())
+            for state in states:
+                state.rendered = {}
+        self._outside = (now, version)
+
     def lookup(self, name: str, min_fetched: float = 0.0) -> tuple[PageState, str]:
         """The page to serve for a normalised name and the cache outcome; NotFound if none."""
+        self._check_outside()
         if self.local:
             files = self.local.files(name)
             if files:  # a local name shadows upstream completely (dependency confusion)
                 return self._local_state(name, files), "LOCAL"
         state = self._stored(name)
         outcome = "HIT"
+        if state and state.page is not None and self.clock() - state.failed < UPSTREAM_BACKOFF:
+            return state, "STALE"  # upstream just failed for it: do not queue up behind it
         if not self._fresh(state, min_fetched):
             self._locks.acquire(name)
             try:
@@ -2090,6 +2163,7 @@ class ProjectCache:
             if state is None or state.page is None:
                 raise
             log.warning("upstream failed for %s, serving the cached page: %s", name, exc)
+            state.failed = self.clock()
             return state, "STALE"
 
     def _apply(self, name: str, state: PageState | None,
@@ -2323,7 +2397,7 @@ class FileFetcher:
             handle, temp = self.store.temp()
             try:
                 sha, size = self._copy(resp, handle, download, temp)
-                self._verify(row, resp.length, sha, size)
+                self._verify(row, download.length, sha, size)
                 download.finish(None, lambda: self._commit(temp, row, sha, size))
             finally:
                 discard(temp)
@@ -2367,8 +2441,9 @@ class FileFetcher:
 
     @staticmethod
     def _verify(row: FileRow, length: int | None, sha: str, size: int) -> None:
+        """`length` is what readers were promised (Content-Length, else the index's size)."""
         if length is not None and size != length:
-            raise UpstreamError(f"{row.url}: body ended after {size} of {length} bytes")
+            raise UpstreamError(f"{row.url}: got {size} bytes, expected {length}")
         if row.sha256 and sha != row.sha256:
             raise UpstreamError(f"{row.url}: sha256 mismatch (index {row.sha256}, got {sha}); "
                                 "not cached")
@@ -2528,11 +2603,12 @@ class CacheTools:
                     self.fetcher.metadata(self.index.file(row.path) or row)
                 except NotFound:
                     pass
-        missing = [w for w in wants if (w.sha256 or w.filename)
+        missing = [w for w in wants if (w.sha256 or w.filename or w.version)
                    and not any(_wanted(e, w) for e in state.page.files)]
         if missing:
-            raise NotFound(f"{len(missing)} pinned file(s) are not on the index, e.g. "
-                           f"{missing[0].filename or missing[0].sha256}")
+            first = missing[0]
+            raise NotFound(f"{len(missing)} pin(s) match no file on the index, e.g. "
+                           f"{first.filename or first.sha256 or f'{project}=={first.version}'}")
         return fetched
 
 
@@ -2544,7 +2620,7 @@ def _wanted(entry: FileEntry, want: Want) -> bool:
         return entry.filename == want.filename
     if want.version:
         try:
-            return parse_dist_filename(entry.filename)[1] == want.version
+            return same_version(parse_dist_filename(entry.filename)[1], want.version)
         except ValueError:
             return False
     return False
@@ -2848,6 +2924,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for chunk in download.chunks(timeout):
             self.wfile.write(chunk)
             self._sent += len(chunk)
+        if self._sent != download.length:  # never leave a keep-alive peer out of step
+            self.close_connection = True
 
     # -- routes --------------------------------------------------------------
 

@@ -2484,7 +2484,8 @@ def test_upstream_credentials_are_sent_and_never_shown(proxy_factory: Callable[.
     upstream.fail = "500"
     status, _, body = proxy.request("/simple/other/")
     assert status == 502 and b"s3cr3t" not in body
-    assert pytail.redact_url(url) == url.replace("s3cr3t", "***")
+    assert pytail.redact_url(url) == upstream.url.replace("http://", "http://***@")
+    assert pytail.redact_url("https://glpat-token@h.example/x") == "https://***@h.example/x"
 
 
 def test_range_on_a_big_uncached_file_is_relayed(proxy: Proxy, upstream: FakeUpstream,
@@ -2608,7 +2609,7 @@ hashes = {{ sha256 = "{"0" * 64}" }}
     assert upstream.count("/files/beta-1.0.tar.gz") == 0  # only what is pinned
     assert pytail.main(["prefetch", "--lock", str(pylock), "--upstream-base-url", upstream.url,
                         "--cache-dir", str(cache)]) == 1  # pinned, but not on the index
-    assert "not on the index" in capsys.readouterr().out
+    assert "match no file on the index" in capsys.readouterr().out
 
 
 def test_cache_stats_prune_verify(proxy: Proxy, alpha: Path, cfg: pytail.ServeConfig,
@@ -3016,3 +3017,88 @@ def test_soak_memory_with_slow_clients_on_a_big_file(tmp_path: Path, upstream: F
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# =============================================================================
+# Second review: symlinks, upstream back-off, strict JSON, version pins
+# =============================================================================
+
+
+def test_symlinked_local_file_is_refused_but_still_shadows(local_proxy: Proxy, packages: Path,
+                                                           upstream: FakeUpstream,
+                                                           dists: Path, tmp_path: Path) -> None:
+    upstream.add("linked", make_wheel(dists, "linked", "9.9"))
+    outside = make_wheel(tmp_path, "linked", "1.0")
+    (packages / outside.name).symlink_to(outside)
+    assert local_proxy.request("/simple/linked/")[0] == 404
+    assert local_proxy.request(f"/packages/{outside.name}")[0] == 404
+    assert upstream.count("/simple/linked") == 0
+    catalogue, unreadable = pytail.scan_directory(str(packages), str(tmp_path / "c"))
+    assert [f.filename for f in unreadable] == [outside.name]
+
+
+def test_upstream_outage_backs_off(proxy: Proxy, upstream: FakeUpstream, alpha: Path,
+                                   clock: Clock) -> None:
+    proxy.request("/simple/alpha/")
+    clock.now += 901
+    upstream.fail = "500"
+    assert proxy.request("/simple/alpha/")[1]["x-pytail-cache"] == "STALE"
+    asked = upstream.count("/simple/alpha/")
+    for _ in range(5):
+        assert proxy.request("/simple/alpha/")[1]["x-pytail-cache"] == "STALE"
+    assert upstream.count("/simple/alpha/") == asked  # no request piles up behind upstream
+    clock.now += pytail.UPSTREAM_BACKOFF + 1
+    upstream.fail = None
+    assert proxy.request("/simple/alpha/")[1]["x-pytail-cache"] in ("REVALIDATED", "MISS")
+
+
+@pytest.mark.parametrize("body", [
+    '{"files":[{} {}]}', '{"files":[{},]}', '{"files":[], "n": NaN}', '{"files":[]} {}',
+    '{"files":' + "[" * 5000 + "]" * 5000 + "}",
+])
+def test_json_pages_must_be_strict_json(body: str) -> None:
+    with pytest.raises(ValueError):
+        pytail.parse_project_json("a", body.encode(), "http://x/")
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("1.0", "1", True), ("1.0.0", "1", True), ("V1.0", "1", True), ("1.10", "1.1", False),
+    ("2.0rc1", "2.0rc1", True), ("1.0", "1.0.1", False), ("10", "1", False),
+])
+def test_same_version(a: str, b: str, same: bool) -> None:
+    assert pytail.same_version(a, b) is same
+
+
+def test_prefetch_reports_version_pins_that_match_nothing(upstream: FakeUpstream,
+                                                          alpha_beta: None, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    requirements = tmp_path / "r.txt"
+    requirements.write_text("beta==99.0\n")
+    assert pytail.main(["prefetch", "-r", str(requirements), "--upstream-base-url",
+                        upstream.url, "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "beta==99.0" in capsys.readouterr().out
+
+
+def test_metrics_keep_full_precision() -> None:
+    metrics = pytail.Metrics()
+    metrics.add("pytail_bytes_served_total", 1_234_567_890)
+    text = metrics.render({"pytail_uptime_seconds": 12.5}).decode()
+    assert "pytail_bytes_served_total 1234567890" in text
+    assert "pytail_uptime_seconds 12.5" in text
+
+
+def test_running_offline_server_sees_a_prune(proxy: Proxy, alpha: Path, cfg: pytail.ServeConfig,
+                                             clock: Clock, capsys: pytest.CaptureFixture[str]
+                                             ) -> None:
+    proxy.request(proxy.file_url("alpha", alpha.name))
+    proxy.stop()
+    import dataclasses
+    offline = Proxy(dataclasses.replace(cfg, upstream=None), clock)
+    try:
+        assert [f["filename"] for f in offline.get_json("/simple/alpha/")["files"]] == [alpha.name]
+        assert pytail.main(["cache", "prune", "--max-size", "0", "--cache-dir",
+                            cfg.cache_dir]) == 0
+        wait_until(lambda: offline.get_json("/simple/alpha/")["files"] == [], timeout=5)
+    finally:
+        offline.stop()
