@@ -2104,16 +2104,15 @@ class ProjectCache:
 
     def _check_outside(self) -> None:
         """At most once a second: if another process changed the index (`cache prune`,
-        `verify`), drop rendered pages so they list only files that are still there."""
+        `verify`, `refresh`), forget what is in memory, so pages are loaded and rendered
+        again from the index and list only files that are still there."""
         now = time.monotonic()
         if now - self._outside[0] < 1.0:
             return
         version = self.index.data_version()
         if self._outside[1] not in (-1, version):
             with self._memory_lock:
-                states = list(self._memory.values())
-            for state in states:
-                state.rendered = {}
+                self._memory.clear()
         self._outside = (now, version)
 
     def lookup(self, name: str, min_fetched: float = 0.0) -> tuple[PageState, str]:

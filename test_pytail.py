@@ -3102,3 +3102,13 @@ def test_running_offline_server_sees_a_prune(proxy: Proxy, alpha: Path, cfg: pyt
         wait_until(lambda: offline.get_json("/simple/alpha/")["files"] == [], timeout=5)
     finally:
         offline.stop()
+
+
+def test_cache_refresh_reaches_a_running_server(proxy: Proxy, upstream: FakeUpstream,
+                                                alpha: Path, dists: Path,
+                                                cfg: pytail.ServeConfig) -> None:
+    assert proxy.get_json("/simple/alpha/")["versions"] == ["0.9", "1.0"]
+    upstream.add("alpha", make_wheel(dists, "alpha", "2.0"))
+    assert pytail.main(["cache", "refresh", "alpha", "--upstream-base-url", upstream.url,
+                        "--cache-dir", cfg.cache_dir]) == 0
+    wait_until(lambda: "2.0" in proxy.get_json("/simple/alpha/")["versions"], timeout=5)
