@@ -1234,8 +1234,14 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "--request-timeout-secs", "--packages-dir", "--offline", "--max-connections"):
         assert flag in out
     readme = (HERE / "README.md").read_text()
-    for flag in set(re.findall(r"(--[a-z-]+)", out)) - {"--help"}:
-        assert flag in readme, f"{flag} is not in the README"
+    for command in (["serve"], ["manifest"], ["publish"], ["presign"], ["prefetch"],
+                    ["cache", "stats"], ["cache", "prune"], ["cache", "verify"],
+                    ["cache", "refresh"]):
+        with pytest.raises(SystemExit):
+            pytail.main([*command, "--help"])
+        text = capsys.readouterr().out
+        for flag in set(re.findall(r"(--[a-z][a-z-]+)", text)):
+            assert flag in readme, f"{' '.join(command)} {flag} is not in the README"
 
 
 def test_serve_subprocess_prints_url_and_stops_on_sigterm(tmp_path: Path,
