@@ -3936,15 +3936,27 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                        help=f"cache directory [PYTAIL_CACHE_DIR] (default {DEFAULT_CACHE_DIR})")
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+
+
 def _add_manifest_parser(sub: Any) -> None:
     parser = sub.add_parser("manifest", help="write manifest-v1.json for a package directory",
                             description="Write the manifest (schema in the README) of a flat "
                             "directory of wheels and sdists. Same directory, same bytes.")
     parser.add_argument("dir", help="the package directory")
     parser.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
-    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
-                        help="where file hashes are cached [PYTAIL_CACHE_DIR] "
-                        f"(default {DEFAULT_CACHE_DIR})")
+    _add_cache_dir(parser)
     parser.set_defaults(func=cmd_manifest)
 
 
@@ -3979,9 +3991,7 @@ def _add_publish_parser(sub: Any) -> None:
                         "(CDNs and clients may keep the old ones: prefer a new version)")
     parser.add_argument("--multipart-threshold", type=size_arg, default="100MiB",
                         help="multipart upload above this size (default 100MiB)")
-    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
-                        help="where file hashes are cached [PYTAIL_CACHE_DIR] "
-                        f"(default {DEFAULT_CACHE_DIR})")
+    _add_cache_dir(parser)
     parser.set_defaults(func=cmd_publish)
 
 
@@ -4000,12 +4010,7 @@ def bucket_client(ns: argparse.Namespace, env: Mapping[str, str]) -> S3Client:
     if ns.rclone_remote:
         path = ns.rclone_config or env.get("RCLONE_CONFIG") or os.path.expanduser(
             "~/.config/rclone/rclone.conf")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise ConfigError(f"cannot read rclone config {path}: {exc.strerror}") from None
-        creds, remote_endpoint, remote_region = rclone_remote(text, ns.rclone_remote)
+        creds, remote_endpoint, remote_region = rclone_remote(_read_text(path), ns.rclone_remote)
         endpoint, region = endpoint or remote_endpoint, region or remote_region
     else:
         found = credentials_from_env(env)
@@ -4060,11 +4065,6 @@ def cmd_presign(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", default=_env("CACHE_DIR", DEFAULT_CACHE_DIR),
-                        help=f"cache directory [PYTAIL_CACHE_DIR] (default {DEFAULT_CACHE_DIR})")
-
-
 def _add_upstream(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream-base-url", type=upstream_arg,
                         default=_env("UPSTREAM_BASE_URL", DEFAULT_UPSTREAM),
@@ -4108,15 +4108,6 @@ def _add_prefetch_parser(sub: Any) -> None:
     _add_upstream(parser)
     _add_cache_dir(parser)
     parser.set_defaults(func=cmd_prefetch)
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
-            from None
 
 
 def read_wants(requirements: list[str], locks: list[str]) -> list[Want]:
