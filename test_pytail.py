@@ -1256,6 +1256,9 @@ def test_serve_subprocess_prints_url_and_stops_on_sigterm(tmp_path: Path,
         url = re.search(r"(http://127\.0\.0\.1:\d+/)simple/", line).group(1)  # type: ignore
         with urllib.request.urlopen(url + "simple/alpha/", timeout=10) as resp:
             assert resp.status == 200 and alpha.name.encode() in resp.read()
+        if Path("/proc/self/cmdline").exists():  # re-run from bytecode, same PID
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[1] == b"-c" and str(HERE / "pytail.py").encode() in argv
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         log = proc.stderr.read()  # type: ignore[union-attr]
