@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import configparser
 import contextlib
 import ctypes
@@ -93,6 +94,8 @@ NEGATIVE_TTL = 60  # CACHE-6: how long an upstream 404 is remembered
 PAGE_MAX_AGE_MIRROR = 60  # Cache-Control max-age for mirrored pages
 RENDER_CACHE_ENTRIES = 512  # rendered pages kept in memory (LRU)
 CHUNK = 256 * 1024
+TEXT_CHUNK = 64 * 1024  # stored pages are parsed in pieces of this many bytes
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -572,54 +575,146 @@ def _project_status(value: Any) -> dict[str, str] | None:
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
+def inflate_pieces(inflater: Any, data: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
+    """What a zlib decompressor makes of `data`, in pieces of at most `size` bytes."""
+    while data:
+        out = inflater.decompress(data, size)
+        data = inflater.unconsumed_tail
+        if out:
+            yield out
+
+
+def iter_inflated(body: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
+    """The bytes of a stored page, plain or gzip-compressed (pages are kept compressed),
+    in pieces of about `size`; ValueError for a damaged gzip stream."""
+    if body[:2] != GZIP_MAGIC:
+        yield from (body[i:i + size] for i in range(0, len(body), size))
+        return
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        yield from inflate_pieces(inflater, body, size)
+        rest = inflater.flush()
+    except zlib.error as exc:
+        raise ValueError(f"bad gzip data: {exc}") from None
+    if rest:
+        yield rest
+    if not inflater.eof:
+        raise ValueError("truncated gzip data")
+
+
+def iter_text(body: bytes, errors: str = "strict") -> Iterator[str]:
+    """The text of a stored page in pieces (UTF-8, decoded incrementally)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    for data in iter_inflated(body):
+        yield decoder.decode(data)
+    yield decoder.decode(b"", final=True)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN/Infinity would be re-emitted as invalid JSON
 
 
-def _json_top_level(text: str, on_file: Callable[[Any], None]) -> dict[str, Any]:
+class _JsonReader:
+    """A window over JSON text that arrives in pieces: values are decoded from the front
+    and the consumed text is dropped, so a 7 MB page is never one string in memory."""
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        self._chunks, self._ended = chunks, False
+        self._decoder = json.JSONDecoder(parse_constant=_no_constant)
+        self.text, self.pos, self._dropped = "", 0, 0
+
+    @property
+    def where(self) -> int:
+        """Offset of the read position in the whole text (for error messages)."""
+        return self._dropped + self.pos
+
+    def _more(self, at_least: int = 1) -> bool:
+        """Drop the consumed text and append pieces until `at_least` more characters came;
+        False when the text had already ended."""
+        if self._ended:
+            return False
+        self._dropped += self.pos
+        parts, got = [self.text[self.pos:]], 0
+        while got < at_least:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._ended = True
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self.text, self.pos = "".join(parts), 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end), not consumed."""
+        while True:
+            self.pos = _JSON_WS.match(self.text, self.pos).end()
+            if self.pos < len(self.text) or not self._more():
+                return self.text[self.pos:self.pos + 1]
+
+    def take(self, char: str) -> bool:
+        """Consume `char` if it comes next."""
+        if self.peek() != char:
+            return False
+        self.pos += 1
+        return True
+
+    def _decode(self, decode: Callable[[str, int], tuple[Any, int]]) -> Any:
+        """Decode at the read position, waiting for more text while the value may go on
+        (the window doubles each time, so a huge value costs linear time)."""
+        while True:
+            try:
+                value, end = decode(self.text, self.pos)
+                if end < len(self.text) or self._ended:  # "12" may be "123" in the next piece
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as exc:
+                if self._ended:
+                    raise ValueError(f"{exc.msg} at {self._dropped + exc.pos}") from None
+            self._more(max(len(self.text) - self.pos, TEXT_CHUNK))
+
+    def value(self) -> Any:
+        self.peek()
+        return self._decode(self._decoder.raw_decode)
+
+    def key(self) -> str:
+        if not self.take('"'):
+            raise ValueError(f"expected a key at {self.where}")
+        return self._decode(json.decoder.scanstring)
+
+    def after(self, close: str) -> bool:
+        """Past the separator that follows a value: True when the container closed."""
+        if self.take(","):
+            return False
+        if self.take(close):
+            return True
+        raise ValueError(f"expected ',' or {close!r} at {self.where}")
+
+
+def _json_top_level(chunks: Iterator[str], on_file: Callable[[Any], None]) -> dict[str, Any]:
     """Decode a JSON object's members, handing each element of its "files" array to
     `on_file` as soon as it is decoded, so a 15,000-file page never exists as one big
     list of dicts. Strict JSON (RFC 8259): ValueError for anything else."""
-    decoder, skip = json.JSONDecoder(parse_constant=_no_constant), _JSON_WS.match
-
-    def after(pos: int, close: str) -> tuple[int, bool]:
-        """Past the separator that follows a value: (position, container closed?)."""
-        pos = skip(text, pos).end()
-        if text[pos:pos + 1] == ",":
-            return skip(text, pos + 1).end(), False
-        if text[pos:pos + 1] == close:
-            return pos + 1, True
-        raise ValueError(f"expected ',' or {close!r} at {pos}")
-
-    pos = skip(text, 0).end()
-    if text[pos:pos + 1] != "{":
+    reader = _JsonReader(chunks)
+    if not reader.take("{"):
         raise ValueError("not a JSON object")
     members: dict[str, Any] = {}
-    pos = skip(text, pos + 1).end()
-    closed = text[pos:pos + 1] == "}"
-    pos += closed
+    closed = reader.take("}")
     while not closed:
-        if text[pos:pos + 1] != '"':
-            raise ValueError(f"expected a key at {pos}")
-        key, pos = json.decoder.scanstring(text, pos + 1)
-        pos = skip(text, pos).end()
-        if text[pos:pos + 1] != ":":
-            raise ValueError(f"expected ':' at {pos}")
-        pos = skip(text, pos + 1).end()
-        if key == "files" and text[pos:pos + 1] == "[" and key not in members:
-            pos = skip(text, pos + 1).end()
-            done = text[pos:pos + 1] == "]"
-            pos += done
+        key = reader.key()
+        if not reader.take(":"):
+            raise ValueError(f"expected ':' at {reader.where}")
+        if key == "files" and key not in members and reader.take("["):
+            done = reader.take("]")
             while not done:
-                item, pos = decoder.raw_decode(text, pos)
-                on_file(item)
-                pos, done = after(pos, "]")
+                on_file(reader.value())
+                done = reader.after("]")
             members[key] = []
         else:
-            members[key], pos = decoder.raw_decode(text, pos)
-        pos, closed = after(pos, "}")
-    if skip(text, pos).end() != len(text):
-        raise ValueError(f"unexpected data after the object at {pos}")
+            members[key] = reader.value()
+        closed = reader.after("}")
+    if reader.peek():
+        raise ValueError(f"unexpected data after the object at {reader.where}")
     return members
 
 
@@ -633,7 +728,7 @@ def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
             files.append(entry)
 
     try:
-        data = _json_top_level(body.decode("utf-8"), add)
+        data = _json_top_level(iter_text(body), add)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"malformed JSON page: {type(exc).__name__}: {exc}") from None
     if not isinstance(data.get("files"), list):
@@ -684,7 +779,11 @@ def _entry_from_anchor(attrs: Mapping[str, str | None], base_url: str) -> FileEn
 def parse_project_html(name: str, body: bytes, base_url: str) -> ProjectPage:
     """Parse a PEP 503 project page; links resolve against `<base>` or the page URL."""
     parser = _LinkParser()
-    parser.feed(body.decode("utf-8", "replace"))
+    try:
+        for text in iter_text(body, "replace"):
+            parser.feed(text)
+    except ValueError as exc:
+        raise ValueError(f"malformed HTML page: {exc}") from None
     parser.close()
     base = urllib.parse.urljoin(base_url, parser.base) if parser.base else base_url
     files = [e for e in (_entry_from_anchor(a, base) for a in parser.anchors) if e]
@@ -1539,6 +1638,7 @@ class Fetched:
     headers: dict[str, str]
     body: bytes
     url: str
+    digest: str | None = None  # of a page: sha256 of its decoded bytes (its body is gzip)
 
 
 class Response:
@@ -1581,6 +1681,37 @@ class Response:
             if len(data) > limit:
                 raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
         return data
+
+    def read_page(self, limit: int) -> tuple[bytes, str]:
+        """The whole body gzip-compressed (as upstream sent it, else compressed here: pages
+        are kept that way) and the sha256 of its decoded bytes, at most `limit` of them."""
+        sent_gzip = self.headers.get("content-encoding", "").lower() == "gzip"
+        coder = zlib.decompressobj(16 + zlib.MAX_WBITS) if sent_gzip else \
+            zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        digest, parts, size = hashlib.sha256(), [], 0
+        try:
+            while chunk := self._resp.read(CHUNK):
+                if not sent_gzip:
+                    parts.append(coder.compress(chunk))  # type: ignore[union-attr]
+                    decoded = [chunk]
+                else:
+                    parts.append(chunk)
+                    decoded = list(inflate_pieces(coder, chunk))  # type: ignore[arg-type]
+                for data in decoded:
+                    digest.update(data)
+                    size += len(data)
+                if size > limit:
+                    raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+            if sent_gzip:
+                tail = coder.flush()
+                digest.update(tail)
+                if not coder.eof:  # type: ignore[union-attr]
+                    raise UpstreamError(f"{self.url}: bad gzip body: truncated")
+            else:
+                parts.append(coder.flush())
+        except zlib.error as exc:
+            raise UpstreamError(f"{self.url}: bad gzip body: {exc}") from None
+        return b"".join(parts), digest.hexdigest()
 
     def close(self) -> None:
         """Keep the connection for reuse if the body was read to the end, else drop it."""
@@ -1670,14 +1801,20 @@ class Upstream:
             url = urllib.parse.urljoin(url, location)
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    def fetch(self, url: str, headers: dict[str, str], limit: int) -> Fetched:
-        """GET a whole (small) body; 5xx raises UpstreamError."""
+    def fetch(self, url: str, headers: dict[str, str], limit: int,
+              page: bool = False) -> Fetched:
+        """GET a whole (small) body; 5xx raises UpstreamError. A `page` body stays gzip
+        (Response.read_page), with the digest of its decoded bytes."""
         resp = self.open(url, {"Accept-Encoding": "gzip", **headers})
         try:
             if resp.status >= 500:
                 raise UpstreamError(f"{url}: upstream answered HTTP {resp.status}")
-            body = resp.read_all(limit) if resp.status == 200 else b""
-            return Fetched(resp.status, resp.headers, body, resp.url)
+            if resp.status != 200:
+                return Fetched(resp.status, resp.headers, b"", resp.url)
+            if page:
+                body, digest = resp.read_page(limit)
+                return Fetched(200, resp.headers, body, resp.url, digest)
+            return Fetched(resp.status, resp.headers, resp.read_all(limit), resp.url)
         except (OSError, http.client.HTTPException) as exc:
             raise UpstreamError(f"{url}: {exc or type(exc).__name__}") from None
         finally:
@@ -1688,7 +1825,7 @@ class Upstream:
         headers = {"Accept": UPSTREAM_ACCEPT}
         if etag:
             headers["If-None-Match"] = etag
-        return self.fetch(self.page_url(name), headers, MAX_PAGE_BYTES)
+        return self.fetch(self.page_url(name), headers, MAX_PAGE_BYTES, page=True)
 
 
 def redact_url(url: str) -> str:
@@ -1726,10 +1863,20 @@ def upstream_auth(base_url: str) -> str | None:
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
+def _starts_with_brace(body: bytes) -> bool:
+    try:
+        for text in iter_text(body, "replace"):
+            if text.strip():
+                return text.lstrip()[0] == "{"
+    except ValueError:
+        pass
+    return False
+
+
 def parse_page(name: str, fetched: Fetched) -> ProjectPage:
     """A ProjectPage from an upstream answer, by its Content-Type (UP-9); ValueError if bad."""
     ctype = fetched.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == JSON_V1 or (ctype.endswith("json") and fetched.body.lstrip()[:1] == b"{"):
+    if ctype == JSON_V1 or (ctype.endswith("json") and _starts_with_brace(fetched.body)):
         return parse_project_json(name, fetched.body, fetched.url)
     return parse_project_html(name, fetched.body, fetched.url)
 
@@ -1932,7 +2079,7 @@ UPSTREAM_BACKOFF = 30.0  # after an upstream failure, a stale page is served thi
 REFRESH_MIN_AGE = 10.0  # Cache-Control: no-cache revalidates pages older than this
 DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
 MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
-HEAVY_BYTES = 1024 * 1024  # pages this big are parsed one at a time
+HEAVY_BYTES = 128 * 1024  # pages this big (gzip) are parsed one at a time
 HEAVY_FILES = 2000  # and pages with this many files rendered one at a time
 
 
@@ -2054,7 +2201,7 @@ class ProjectCache:
         self._outside = (0.0, -1)  # (when checked, index data_version): see _check_outside
 
     def _parse(self, name: str, fetched: Fetched) -> ProjectPage:
-        if len(fetched.body) < HEAVY_BYTES:
+        if len(fetched.body) < HEAVY_BYTES:  # compressed size
             return assign_paths(parse_page(name, fetched))
         with self._heavy:
             return assign_paths(parse_page(name, fetched))
@@ -2180,7 +2327,7 @@ class ProjectCache:
             return self._remember(PageState(name, None, now)), "MISS"
         if fetched.status != 200:
             raise UpstreamError(f"upstream answered HTTP {fetched.status} for {name!r}")
-        digest = hashlib.sha256(fetched.body).hexdigest()
+        digest = fetched.digest or hashlib.sha256(fetched.body).hexdigest()
         if state and state.page and digest == state.digest:  # CACHE-4 without ETag
             self.index.touch_project(name, now)
             state.fetched = now

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -137,6 +138,7 @@ class FakeUpstream:
     gate: threading.Event | None = None  # file downloads wait for it when set
     file_fault: str | None = None  # '500', 'reset_mid', 'short', 'slow', 'redirect', 'loop'
     pad: int = 0  # bytes of padding in JSON pages (a 50 MB page)
+    gzip_pages: str | None = None  # 'ok': pages gzip-encoded when accepted; 'bad': broken gzip
     url: str = ""
 
     def add(self, project: str, *paths: Path, requires_python: str | None = None) -> None:
@@ -223,6 +225,10 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
                 headers["ETag"] = etag
                 if self.headers.get("If-None-Match") == etag:
                     return self._send(304, b"", ctype, headers)
+            if up.gzip_pages and "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip.compress(body)
+                body = body if up.gzip_pages == "ok" else body[:20] + b"junk" + body[24:]
+                headers["Content-Encoding"] = "gzip"
             self._send(200, body, ctype, headers)
 
         def _file(self, filename: str) -> None:
@@ -3068,6 +3074,70 @@ def test_upstream_outage_backs_off(proxy: Proxy, upstream: FakeUpstream, alpha: 
 def test_json_pages_must_be_strict_json(body: str) -> None:
     with pytest.raises(ValueError):
         pytail.parse_project_json("a", body.encode(), "http://x/")
+
+
+def _pieces(text: str, cuts: list[int]) -> Iterator[str]:
+    bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    return (text[a:b] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_json_pages_parse_the_same_however_the_text_is_cut() -> None:
+    """The streaming reader sees pages in 64 KB pieces: a cut anywhere (inside a number,
+    a string, a key, white space) changes nothing."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                                    allow_infinity=False) \
+        | st.text(max_size=8)
+    docs = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)
+    files = st.lists(st.dictionaries(st.text(max_size=5), scalars, max_size=3), max_size=4)
+
+    @hypothesis.settings(max_examples=300, deadline=None, database=None)
+    @hypothesis.given(doc=docs, items=files, indent=st.sampled_from([None, 1]),
+                      cuts=st.lists(st.integers(0, 10**6), max_size=12))
+    def check(doc: object, items: list[dict], cuts: list[int], indent: int | None) -> None:
+        text = json.dumps({"meta": doc, "files": items, "n": 12345}, indent=indent)
+        seen: list[object] = []
+        members = pytail._json_top_level(_pieces(text, cuts), seen.append)
+        assert seen == items and members == {"meta": doc, "files": [], "n": 12345}
+        with pytest.raises(ValueError):
+            pytail._json_top_level(_pieces(text[:-1], cuts), seen.append)
+
+    check()
+
+
+@pytest.mark.parametrize("sent", [None, "ok"])
+def test_pages_are_stored_gzip_whatever_upstream_sends(proxy: Proxy, upstream: FakeUpstream,
+                                                       alpha: Path, sent: str | None) -> None:
+    upstream.gzip_pages = sent
+    assert sorted(f["filename"] for f in proxy.get_json("/simple/alpha/")["files"]) == \
+        ["alpha-0.9.tar.gz", "alpha-1.0-py3-none-any.whl"]
+    assert upstream.requests[-1][2].get("Accept-Encoding") == "gzip"
+    with sqlite3.connect(Path(proxy.config.cache_dir, "index.sqlite3")) as db:
+        (body,), = db.execute("SELECT body FROM projects WHERE name = 'alpha'")
+    assert body[:2] == b"\x1f\x8b" and b"alpha-1.0" in gzip.decompress(body)
+
+
+def test_broken_gzip_from_upstream_is_an_upstream_error(proxy: Proxy, upstream: FakeUpstream,
+                                                        alpha: Path) -> None:
+    upstream.gzip_pages = "bad"
+    status, _, body = proxy.request("/simple/alpha/")
+    assert status == 502 and b"gzip" in body
+
+
+def test_pages_are_kept_gzip_and_parse_from_either_form() -> None:
+    body = json.dumps({"files": [{"filename": f"pkg-{i}.0.tar.gz", "url": f"https://f/pkg-{i}.0.tar.gz",
+                                  "hashes": {"sha256": f"{i:064x}"}} for i in range(3000)]}).encode()
+    packed = gzip.compress(body)
+    assert len(packed) < len(body) // 4
+    for form in (body, packed):
+        page = pytail.parse_project_json("pkg", form, "https://x/")
+        assert len(page.files) == 3000 and page.files[-1].sha256 == f"{2999:064x}"
+    for damaged in (packed[:-9], packed[:40] + b"x" * 10 + packed[50:]):
+        with pytest.raises(ValueError):
+            pytail.parse_project_json("pkg", damaged, "https://x/")
 
 
 @pytest.mark.parametrize("a,b,same", [
