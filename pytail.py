@@ -27,7 +27,9 @@ the binary distribution format; AWS Signature Version 4 (AWS General Reference).
 from __future__ import annotations
 
 import argparse
+import array
 import base64
+import bisect
 import codecs
 import configparser
 import contextlib
@@ -67,7 +69,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Collection, Iterable, Iterator, Mapping
 
 __version__ = "0.1.0"
 
@@ -490,9 +492,10 @@ class ProjectPage:
     """A project's files plus the page-level data a Simple API page carries."""
 
     name: str
-    files: list[FileEntry]
+    files: Collection[FileEntry]  # a list, or StoredFiles for a big upstream page
     versions: list[str] = field(default_factory=list)
     status: dict[str, str] | None = None  # PEP 792 {"status": ..., "reason": ...}
+    offsets: list[int] | None = None  # of a JSON page: where each file's object starts
 
 
 _SKIP_FILE_KEYS = {"filename", "url", "hashes", "requires-python", "yanked", "size",
@@ -691,10 +694,12 @@ class _JsonReader:
         raise ValueError(f"expected ',' or {close!r} at {self.where}")
 
 
-def _json_top_level(chunks: Iterator[str], on_file: Callable[[Any], None]) -> dict[str, Any]:
+def _json_top_level(chunks: Iterator[str],
+                    on_file: Callable[[Any, int], None]) -> dict[str, Any]:
     """Decode a JSON object's members, handing each element of its "files" array to
-    `on_file` as soon as it is decoded, so a 15,000-file page never exists as one big
-    list of dicts. Strict JSON (RFC 8259): ValueError for anything else."""
+    `on_file` (with the offset where it starts) as soon as it is decoded, so a 15,000-file
+    page never exists as one big list of dicts. Strict JSON (RFC 8259): ValueError for
+    anything else."""
     reader = _JsonReader(chunks)
     if not reader.take("{"):
         raise ValueError("not a JSON object")
@@ -707,7 +712,9 @@ def _json_top_level(chunks: Iterator[str], on_file: Callable[[Any], None]) -> di
         if key == "files" and key not in members and reader.take("["):
             done = reader.take("]")
             while not done:
-                on_file(reader.value())
+                reader.peek()
+                start = reader.where
+                on_file(reader.value(), start)
                 done = reader.after("]")
             members[key] = []
         else:
@@ -721,11 +728,13 @@ def _json_top_level(chunks: Iterator[str], on_file: Callable[[Any], None]) -> di
 def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
     """Parse a PEP 691 project page; ValueError when it is not one."""
     files: list[FileEntry] = []
+    offsets: list[int] = []
 
-    def add(item: Any) -> None:
+    def add(item: Any, offset: int) -> None:
         entry = _entry_from_json(item, base_url) if isinstance(item, dict) else None
         if entry:
             files.append(entry)
+            offsets.append(offset)
 
     try:
         data = _json_top_level(iter_text(body), add)
@@ -737,7 +746,21 @@ def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
     versions = list(dict.fromkeys(str(v) for v in raw_versions if isinstance(v, str)))
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     return ProjectPage(name, files, versions or versions_of(files), _project_status(
-        data.get("project-status") or meta.get("project-status")))
+        data.get("project-status") or meta.get("project-status")), offsets)
+
+
+def json_file_at(body: bytes, offset: int, base_url: str) -> FileEntry | None:
+    """The file whose object starts at character `offset` of a stored JSON page (see
+    ProjectPage.offsets): one element decoded, not the page."""
+    def rest() -> Iterator[str]:
+        seen = 0
+        for text in iter_text(body):
+            if seen + len(text) > offset:
+                yield text[max(offset - seen, 0):]
+            seen += len(text)
+
+    item = _JsonReader(rest()).value()
+    return _entry_from_json(item, base_url) if isinstance(item, dict) else None
 
 
 class _LinkParser(HTMLParser):
@@ -2081,6 +2104,7 @@ DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
 MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
 HEAVY_BYTES = 128 * 1024  # pages this big (gzip) are parsed one at a time
 HEAVY_FILES = 2000  # and pages with this many files rendered one at a time
+STORED_FILES = 500  # pages with more files keep their stored body, not entries (StoredFiles)
 
 
 class KeyedLocks:
@@ -2143,6 +2167,75 @@ def make_variant(chunks: Iterable[bytes]) -> Variant:
     return Variant(None, etag, b"".join(packed), etag[:-1] + '-gz"')
 
 
+def site_path(entry: FileEntry) -> str:
+    """Where pytail serves an upstream file: devpi-style by sha256 (URL-5, UP-10), else by
+    a digest of its URL."""
+    return sha_path(entry.sha256, entry.filename) if entry.sha256 else \
+        f"{FILES_PREFIX}_url/{url_digest(entry.url)}/{entry.filename}"
+
+
+def assign_paths(page: ProjectPage) -> ProjectPage:
+    """Give upstream files their site paths; drop duplicates (and their offsets)."""
+    seen: set[str] = set()
+    files, offsets = [], []
+    for i, entry in enumerate(page.files):
+        entry.path = site_path(entry)
+        if entry.path not in seen:
+            seen.add(entry.path)
+            files.append(entry)
+            offsets.append(page.offsets[i] if page.offsets else -1)
+    page.files = files
+    page.offsets = offsets if page.offsets else None
+    return page
+
+
+class StoredFiles:
+    """The files of a big upstream page, kept as its gzip body rather than as entries
+    (pydantic-core: 1 MB against 13 MB for 15,000 entries).
+
+    Iterating parses the body again; `find` decodes only the JSON object a path points to
+    (a sorted array of path hashes and offsets, 16 bytes a file). The entries the page was
+    first parsed into are held until `release()`, after its first render, so a cold
+    request parses once."""
+
+    def __init__(self, name: str, source: Fetched, page: ProjectPage) -> None:
+        self._name, self._source = name, source
+        self._held: list[FileEntry] | None = list(page.files)
+        self._count = len(self._held)
+        pairs = sorted(zip((hash(f.path) for f in self._held), page.offsets or []))
+        self._keys = array.array("q", (key for key, _ in pairs))
+        self._offsets = array.array("q", (offset for _, offset in pairs))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        held = self._held
+        if held is not None:
+            return iter(held)
+        return iter(assign_paths(parse_page(self._name, self._source)).files)
+
+    def __contains__(self, entry: object) -> bool:
+        return isinstance(entry, FileEntry) and self.find(entry.path) == entry
+
+    def release(self) -> None:
+        self._held = None
+
+    def find(self, path: str) -> FileEntry | None:
+        """The file served at `path`, if the page lists it."""
+        if not self._offsets:  # an HTML page: scan it
+            return next((entry for entry in self if entry.path == path), None)
+        key = hash(path)
+        i = bisect.bisect_left(self._keys, key)
+        while i < len(self._keys) and self._keys[i] == key:
+            entry = json_file_at(self._source.body, self._offsets[i], self._source.url)
+            if entry is not None and site_path(entry) == path:
+                entry.path = path
+                return entry
+            i += 1
+        return None
+
+
 @dataclass
 class PageState:
     """What pytail serves for one project right now, and its rendered forms."""
@@ -2161,23 +2254,11 @@ class PageState:
         """The page's file served at `path`, if any (index built on first use)."""
         if self.page is None:
             return None
+        if isinstance(self.page.files, StoredFiles):
+            return self.page.files.find(path)
         if self.by_path is None:
             self.by_path = {f.path: f for f in self.page.files}
         return self.by_path.get(path)
-
-
-def assign_paths(page: ProjectPage) -> ProjectPage:
-    """Give upstream files their devpi-style site paths (URL-5, UP-10); drop duplicates."""
-    seen: set[str] = set()
-    files = []
-    for entry in page.files:
-        entry.path = sha_path(entry.sha256, entry.filename) if entry.sha256 else \
-            f"{FILES_PREFIX}_url/{url_digest(entry.url)}/{entry.filename}"
-        if entry.path not in seen:
-            seen.add(entry.path)
-            files.append(entry)
-    page.files = files
-    return page
 
 
 class ProjectCache:
@@ -2201,10 +2282,15 @@ class ProjectCache:
         self._outside = (0.0, -1)  # (when checked, index data_version): see _check_outside
 
     def _parse(self, name: str, fetched: Fetched) -> ProjectPage:
-        if len(fetched.body) < HEAVY_BYTES:  # compressed size
-            return assign_paths(parse_page(name, fetched))
-        with self._heavy:
-            return assign_paths(parse_page(name, fetched))
+        heavy = self._heavy if len(fetched.body) >= HEAVY_BYTES else contextlib.nullcontext()
+        with heavy:  # compressed size
+            page = assign_paths(parse_page(name, fetched))
+        if len(page.files) > STORED_FILES:
+            source = Fetched(200, {"content-type": fetched.headers.get("content-type", "")},
+                             fetched.body, fetched.url)
+            page.files = StoredFiles(name, source, page)
+        page.offsets = None
+        return page
 
     def _remember(self, state: PageState) -> PageState:
         with self._memory_lock:
@@ -2358,6 +2444,8 @@ class ProjectCache:
                     page = state.page if state.local else self._decorate(state.page)
                     render = iter_project_json if media == JSON_V1 else iter_project_html
                     found = rendered[key] = make_variant(render(page, root_rel))
+                    if isinstance(state.page.files, StoredFiles):
+                        state.page.files.release()
         return found
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:

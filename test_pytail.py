@@ -3100,10 +3100,15 @@ def test_json_pages_parse_the_same_however_the_text_is_cut() -> None:
     def check(doc: object, items: list[dict], cuts: list[int], indent: int | None) -> None:
         text = json.dumps({"meta": doc, "files": items, "n": 12345}, indent=indent)
         seen: list[object] = []
-        members = pytail._json_top_level(_pieces(text, cuts), seen.append)
+
+        def on_file(item: object, offset: int) -> None:
+            assert text[offset] == "{"  # where the object starts (ProjectPage.offsets)
+            seen.append(item)
+
+        members = pytail._json_top_level(_pieces(text, cuts), on_file)
         assert seen == items and members == {"meta": doc, "files": [], "n": 12345}
         with pytest.raises(ValueError):
-            pytail._json_top_level(_pieces(text[:-1], cuts), seen.append)
+            pytail._json_top_level(_pieces(text[:-1], cuts), on_file)
 
     check()
 
@@ -3127,6 +3132,35 @@ def test_broken_gzip_from_upstream_is_an_upstream_error(proxy: Proxy, upstream: 
     assert status == 502 and b"gzip" in body
 
 
+@pytest.mark.parametrize("json_pages", [True, False])
+def test_big_pages_are_kept_as_their_body_not_as_entries(proxy: Proxy, upstream: FakeUpstream,
+                                                         json_pages: bool) -> None:
+    """Past STORED_FILES files a page is held as its gzip body: renders stay identical and
+    any file is still found (by offset for JSON, by a scan for HTML)."""
+    upstream.json = json_pages
+    count = pytail.STORED_FILES + 100
+    upstream.projects["big"] = [UpFile(f"big-{i}.0.tar.gz", b"data %d" % i)
+                                for i in range(count)]
+    first = proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})[2]
+    state, _ = proxy.server.cache.lookup("big")
+    files = state.page.files
+    assert isinstance(files, pytail.StoredFiles) and len(files) == count
+    html = proxy.request("/simple/big/")[2]  # rendered again from the body: nothing held
+    assert files._held is None
+    docs = [json.loads(first), json.loads(
+        proxy.request("/root/pypi/+simple/big/", headers={"Accept": UV_ACCEPT})[2])]
+    for item in docs[0]["files"] + docs[1]["files"]:
+        item["url"] = item["url"].rsplit("+f/", 1)[1]
+    assert docs[0] == docs[1]
+    assert html.count(b"<a href=") == count
+    for i in (0, count // 2, count - 1):
+        path = pytail.sha_path(sha(b"data %d" % i), f"big-{i}.0.tar.gz")
+        assert files.find(path).filename == f"big-{i}.0.tar.gz"  # type: ignore[union-attr]
+        status, _, body = proxy.request("/" + path)
+        assert status == 200 and body == b"data %d" % i
+    assert files.find(pytail.sha_path("0" * 64, "big-1.0.tar.gz")) is None
+
+
 def test_pages_are_kept_gzip_and_parse_from_either_form() -> None:
     body = json.dumps({"files": [{"filename": f"pkg-{i}.0.tar.gz", "url": f"https://f/pkg-{i}.0.tar.gz",
                                   "hashes": {"sha256": f"{i:064x}"}} for i in range(3000)]}).encode()
@@ -3135,6 +3169,14 @@ def test_pages_are_kept_gzip_and_parse_from_either_form() -> None:
     for form in (body, packed):
         page = pytail.parse_project_json("pkg", form, "https://x/")
         assert len(page.files) == 3000 and page.files[-1].sha256 == f"{2999:064x}"
+    body = json.dumps({"files": [{"filename": f"pkg-{i}.0.tar.gz", "url": f"https://f/{i}",
+                                  "yanked": "bad é 😀 " * (i % 3)} for i in range(30000)]},
+                      ensure_ascii=False).encode()
+    page = pytail.parse_project_json("pkg", gzip.compress(body), "https://x/")
+    for i in (0, 1, 20000, 29999):  # offsets count characters, across 64 KB pieces
+        assert page.offsets is not None
+        entry = pytail.json_file_at(gzip.compress(body), page.offsets[i], "https://x/")
+        assert entry == page.files[i]
     for damaged in (packed[:-9], packed[:40] + b"x" * 10 + packed[50:]):
         with pytest.raises(ValueError):
             pytail.parse_project_json("pkg", damaged, "https://x/")
