@@ -576,6 +576,7 @@ def _project_status(value: Any) -> dict[str, str] | None:
 
 
 _JSON_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
 
 
 def inflate_pieces(inflater: Any, data: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
@@ -668,7 +669,8 @@ class _JsonReader:
         while True:
             try:
                 value, end = decode(self.text, self.pos)
-                if end < len(self.text) or self._ended:  # "12" may be "123" in the next piece
+                # a number is done only where something else follows ("1.5" may be "1.5e+16")
+                if self._ended or _NUMBER_TAIL.match(self.text, end).end() < len(self.text):
                     self.pos = end
                     return value
             except json.JSONDecodeError as exc:
