@@ -69,7 +69,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, BinaryIO, Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 __version__ = "0.1.0"
 
@@ -492,10 +492,17 @@ class ProjectPage:
     """A project's files plus the page-level data a Simple API page carries."""
 
     name: str
-    files: Collection[FileEntry]  # a list, or StoredFiles for a big upstream page
+    files: Iterable[FileEntry]  # a list; StoredFiles (big upstream page); a map (rendering)
     versions: list[str] = field(default_factory=list)
     status: dict[str, str] | None = None  # PEP 792 {"status": ..., "reason": ...}
     offsets: list[int] | None = None  # of a JSON page: where each file's object starts
+    all_sized: bool | None = None  # every file has a size (None: look at the files)
+
+    def sizes_known(self) -> bool:
+        """Whether the page can claim PEP 700 (every file has a size)."""
+        if self.all_sized is not None:
+            return self.all_sized
+        return all(f.size is not None for f in self.files)
 
 
 _SKIP_FILE_KEYS = {"filename", "url", "hashes", "requires-python", "yanked", "size",
@@ -696,16 +703,14 @@ class _JsonReader:
         raise ValueError(f"expected ',' or {close!r} at {self.where}")
 
 
-def _json_top_level(chunks: Iterator[str],
-                    on_file: Callable[[Any, int], None]) -> dict[str, Any]:
-    """Decode a JSON object's members, handing each element of its "files" array to
-    `on_file` (with the offset where it starts) as soon as it is decoded, so a 15,000-file
-    page never exists as one big list of dicts. Strict JSON (RFC 8259): ValueError for
-    anything else."""
+def iter_json_files(chunks: Iterator[str], members: dict[str, Any]) -> Iterator[tuple[Any, int]]:
+    """Decode a JSON object, yielding each element of its "files" array (with the offset
+    where it starts) as soon as it is decoded, so a 15,000-file page never exists as one
+    big list; the other members go into `members`. Strict JSON (RFC 8259): ValueError
+    for anything else."""
     reader = _JsonReader(chunks)
     if not reader.take("{"):
         raise ValueError("not a JSON object")
-    members: dict[str, Any] = {}
     closed = reader.take("}")
     while not closed:
         key = reader.key()
@@ -716,7 +721,7 @@ def _json_top_level(chunks: Iterator[str],
             while not done:
                 reader.peek()
                 start = reader.where
-                on_file(reader.value(), start)
+                yield reader.value(), start
                 done = reader.after("]")
             members[key] = []
         else:
@@ -724,22 +729,25 @@ def _json_top_level(chunks: Iterator[str],
         closed = reader.after("}")
     if reader.peek():
         raise ValueError(f"unexpected data after the object at {reader.where}")
-    return members
+
+
+def iter_json_entries(body: bytes, base_url: str,
+                      members: dict[str, Any] | None = None) -> Iterator[tuple[FileEntry, int]]:
+    """The usable files of a stored PEP 691 page and their offsets, one at a time."""
+    for item, offset in iter_json_files(iter_text(body), {} if members is None else members):
+        entry = _entry_from_json(item, base_url) if isinstance(item, dict) else None
+        if entry:
+            yield entry, offset
 
 
 def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
     """Parse a PEP 691 project page; ValueError when it is not one."""
-    files: list[FileEntry] = []
-    offsets: list[int] = []
-
-    def add(item: Any, offset: int) -> None:
-        entry = _entry_from_json(item, base_url) if isinstance(item, dict) else None
-        if entry:
+    data: dict[str, Any] = {}
+    files, offsets = [], []
+    try:
+        for entry, offset in iter_json_entries(body, base_url, data):
             files.append(entry)
             offsets.append(offset)
-
-    try:
-        data = _json_top_level(iter_text(body), add)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"malformed JSON page: {type(exc).__name__}: {exc}") from None
     if not isinstance(data.get("files"), list):
@@ -849,7 +857,7 @@ def iter_project_html(page: ProjectPage, root_rel: str,
     """PEP 503 page, in chunks; links are relative (`root_rel` leads from the page to the
     site root). `extended` adds uv's data-size and data-upload-time (HTML-9), for static
     pages that have no JSON twin."""
-    version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
+    version = API_VERSION if page.sizes_known() else API_VERSION_NO_SIZE
     head = ["<!DOCTYPE html>", "<html>", "  <head>",
             f'    <meta name="pypi:repository-version" content="{version}">']
     if page.status:
@@ -915,7 +923,7 @@ def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
 
 def iter_project_json(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
     """PEP 691 JSON page with PEP 700 fields, in chunks; `name` is normalised (NAME-4)."""
-    version = API_VERSION if all(f.size is not None for f in page.files) else API_VERSION_NO_SIZE
+    version = API_VERSION if page.sizes_known() else API_VERSION_NO_SIZE
     doc: dict[str, Any] = {"meta": {"api-version": version}, "name": normalize_name(page.name),
                            "versions": page.versions}
     if page.status:
@@ -2137,16 +2145,20 @@ class Variant:
     """One rendered representation of a page with its ETags.
 
     Small pages keep only `plain`; larger ones only `gzipped` (every real client accepts
-    gzip), and `body()` inflates it for the rare client that does not.
+    gzip), and `pieces()` inflates it, a piece at a time, for the rare client that does not.
     """
 
     plain: bytes | None
     etag: str
     gzipped: bytes | None
     etag_gz: str | None
+    size: int  # of the plain body
 
-    def body(self) -> bytes:
-        return self.plain if self.plain is not None else gzip.decompress(self.gzipped or b"")
+    def pieces(self) -> Iterator[bytes]:
+        if self.plain is not None:
+            yield self.plain
+        else:
+            yield from iter_inflated(self.gzipped or b"", CHUNK)
 
 
 def make_variant(chunks: Iterable[bytes]) -> Variant:
@@ -2164,9 +2176,9 @@ def make_variant(chunks: Iterable[bytes]) -> Variant:
             small.append(chunk)
     etag = f'"{digest.hexdigest()[:32]}"'
     if size < 1024:
-        return Variant(b"".join(small), etag, None, None)
+        return Variant(b"".join(small), etag, None, None, size)
     packed.append(packer.flush())
-    return Variant(None, etag, b"".join(packed), etag[:-1] + '-gz"')
+    return Variant(None, etag, b"".join(packed), etag[:-1] + '-gz"', size)
 
 
 def site_path(entry: FileEntry) -> str:
@@ -2204,9 +2216,11 @@ class StoredFiles:
         self._name, self._source = name, source
         self._held: list[FileEntry] | None = list(page.files)
         self._count = len(self._held)
+        self.all_sized = page.sizes_known()
         pairs = sorted(zip((hash(f.path) for f in self._held), page.offsets or []))
         self._keys = array.array("q", (key for key, _ in pairs))
         self._offsets = array.array("q", (offset for _, offset in pairs))
+        self._kept = array.array("q", sorted(self._offsets))  # duplicates are not in it
 
     def __len__(self) -> int:
         return self._count
@@ -2215,7 +2229,19 @@ class StoredFiles:
         held = self._held
         if held is not None:
             return iter(held)
-        return iter(assign_paths(parse_page(self._name, self._source)).files)
+        if not self._kept:  # an HTML page
+            return iter(assign_paths(parse_page(self._name, self._source)).files)
+        return self._stream()
+
+    def _stream(self) -> Iterator[FileEntry]:
+        """The files parsed again one at a time (a render holds one entry, not 15,000)."""
+        kept = iter(self._kept)
+        want = next(kept, None)
+        for entry, offset in iter_json_entries(self._source.body, self._source.url):
+            if offset == want:
+                entry.path = site_path(entry)
+                yield entry
+                want = next(kept, None)
 
     def __contains__(self, entry: object) -> bool:
         return isinstance(entry, FileEntry) and self.find(entry.path) == entry
@@ -2452,21 +2478,25 @@ class ProjectCache:
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:
         """Add what pytail knows locally: metadata of cached wheels (META-7), sizes; offline,
-        list only files whose bytes are here."""
+        list only files whose bytes are here. A big page is decorated as it streams."""
         rows = self.index.project_files(normalize_name(page.name))
-        files = []
-        for entry in page.files:
+
+        def decorated(entry: FileEntry) -> FileEntry:
             row = rows.get(entry.path)
-            if self.upstream is None and not (row and row.cached):
-                continue
             if row and (row.metadata_sha256 or (entry.size is None and row.size is not None)):
-                entry = dataclasses.replace(
+                return dataclasses.replace(
                     entry, core_metadata=row.metadata_sha256 or entry.core_metadata,
                     size=entry.size if entry.size is not None else row.size)
-            files.append(entry)
-        if len(files) == len(page.files):
-            return dataclasses.replace(page, files=files)
-        return dataclasses.replace(page, files=files, versions=versions_of(files))
+            return entry
+
+        if self.upstream is None:
+            here = [decorated(e) for e in page.files if (r := rows.get(e.path)) and r.cached]
+            versions = page.versions if len(here) == len(page.files) else versions_of(here)
+            return dataclasses.replace(page, files=here, versions=versions, all_sized=None)
+        if isinstance(page.files, StoredFiles):  # one pass, for one render
+            return dataclasses.replace(page, files=map(decorated, page.files),
+                                       all_sized=page.files.all_sized)
+        return dataclasses.replace(page, files=[decorated(e) for e in page.files])
 
     def invalidate(self, name: str) -> None:
         """Drop the rendered bytes of a project (its file knowledge changed)."""
@@ -3121,15 +3151,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_page(self, variant: Variant, media: str, cache_control: str) -> None:
         gz = variant.gzipped is not None and accepts_gzip(self.headers.get("Accept-Encoding"))
-        body, etag = (variant.gzipped, variant.etag_gz) if gz else (variant.body(), variant.etag)
-        assert body is not None and etag is not None
+        etag = variant.etag_gz if gz else variant.etag
+        assert etag is not None
         headers = {"Content-Type": media + ("; charset=utf-8" if media == TEXT_HTML else ""),
                    "Vary": "Accept, Accept-Encoding", "ETag": etag,
                    "Cache-Control": cache_control, "X-Pytail-Cache": self._outcome}
         if gz:
             headers["Content-Encoding"] = "gzip"
         status = 304 if etag_matches(self.headers.get("If-None-Match"), etag) else 200
-        self._send_bytes(status, body, headers)
+        if gz or variant.plain is not None:
+            return self._send_bytes(status, (variant.gzipped if gz else variant.plain) or b"",
+                                    headers)
+        # a big page for a client without gzip: inflated as it goes out, never whole
+        self._send_head(status, headers, None if status == 304 else variant.size)
+        self._sent = 0
+        if status == 200 and not self._head:
+            for piece in variant.pieces():
+                self.wfile.write(piece)
+            self._sent = variant.size
 
     def _send_file(self, path: str, etag: str, cache_control: str) -> None:
         """A file from disk with Range (FILE-3/4), sent with sendfile."""

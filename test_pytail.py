@@ -804,6 +804,13 @@ def test_gzip_pages_only_when_accepted(proxy: Proxy, upstream: FakeUpstream,
     _, plain, raw = proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})
     assert "content-encoding" not in plain and json.loads(raw)["name"] == "big"
     assert plain["etag"] != headers["etag"]
+    assert raw == gzip.decompress(body) and plain["content-length"] == str(len(raw))
+    _, head, nothing = proxy.request("/simple/big/", "HEAD", headers={"Accept": UV_ACCEPT})
+    assert nothing == b"" and head["content-length"] == str(len(raw))
+    status, _, nothing = proxy.request("/simple/big/", headers={
+        "Accept": UV_ACCEPT, "If-None-Match": plain["etag"]})
+    assert status == 304 and nothing == b""
+    assert proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})[2] == raw  # keep-alive ok
 
 
 def test_head_everywhere_has_no_body(proxy: Proxy, alpha: Path) -> None:  # URL-8, NEG-10
@@ -3105,10 +3112,13 @@ def test_json_pages_parse_the_same_however_the_text_is_cut() -> None:
             assert text[offset] == "{"  # where the object starts (ProjectPage.offsets)
             seen.append(item)
 
-        members = pytail._json_top_level(_pieces(text, cuts), on_file)
+        members: dict[str, object] = {}
+        for item, offset in pytail.iter_json_files(_pieces(text, cuts), members):
+            on_file(item, offset)
         assert seen == items and members == {"meta": doc, "files": [], "n": 12345}
         with pytest.raises(ValueError):
-            pytail._json_top_level(_pieces(text[:-1], cuts), on_file)
+            for item, offset in pytail.iter_json_files(_pieces(text[:-1], cuts), {}):
+                on_file(item, offset)
 
     check()
 
