@@ -587,12 +587,16 @@ _NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
 
 
 def inflate_pieces(inflater: Any, data: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
-    """What a zlib decompressor makes of `data`, in pieces of at most `size` bytes."""
-    while data:
-        out = inflater.decompress(data, size)
-        data = inflater.unconsumed_tail
-        if out:
-            yield out
+    """What a zlib decompressor makes of `data`, in pieces of at most `size` bytes. Input
+    goes in 16 KB at a time: zlib copies the unconsumed input on every call."""
+    view = memoryview(data)
+    for start in range(0, len(view), 16384):
+        pending: Any = view[start:start + 16384]
+        while pending:
+            out = inflater.decompress(pending, size)
+            pending = inflater.unconsumed_tail
+            if out:
+                yield out
 
 
 def iter_inflated(body: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
