@@ -66,7 +66,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
@@ -2909,6 +2909,10 @@ _FILE_PATH_RE = re.compile(r"root/pypi/\+f/(?:[0-9a-f]{3}/[0-9a-f]{13}|_url/[0-9
 _BAD_ESCAPES_RE = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 MAX_PATH = 2048
 REQUEST_DEADLINE = 30.0  # seconds a connection may idle or take over its request headers
+ACCESS_LOG_DELAY = 0.2  # access log lines are written in batches at least this often
+MAX_HEADER_LINE = 65536  # longer request lines and header lines get 431 (as http.client)
+MAX_HEADERS = 100  # and more headers than this
+_HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
 BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
                  b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
                  b"server is too busy\n")
@@ -3026,6 +3030,42 @@ public ones of the same name. <a href="health">health</a> &middot;
 """.encode()
 
 
+class RequestHeaders(dict):  # type: ignore[type-arg]
+    """A request's headers by lower-cased name; `get` takes any case. The first of a
+    repeated header wins, as with email.message."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+
+class AccessLog:
+    """The access log: one line per request on stderr, in the format of the other log
+    lines, written in batches by the server's watchdog thread (at most ACCESS_LOG_DELAY
+    late). Through `logging`, each line took a lock and a flush: a quarter of warm-page
+    throughput with 16 clients. Off unless the `pytail` logger is at INFO (`-q`)."""
+
+    def __init__(self) -> None:
+        self.enabled = log.isEnabledFor(logging.INFO)
+        self._lines: deque[str] = deque()  # appends and pops are atomic
+        self._stamp = (0, "")
+
+    def write(self, message: str) -> None:
+        now = time.time()
+        second = int(now)
+        if self._stamp[0] != second:
+            self._stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        self._lines.append(f"{self._stamp[1]},{int(now % 1 * 1000):03d} INFO {message}\n")
+
+    def flush(self) -> None:
+        lines = [self._lines.popleft() for _ in range(len(self._lines))]
+        if lines:
+            try:
+                sys.stderr.write("".join(lines))
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr closed: nowhere left to say it
+                pass
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     """Thin HTTP front: route, ask the services on `self.server`, send (GET and HEAD, URL-8).
 
@@ -3041,6 +3081,54 @@ class Handler(http.server.BaseHTTPRequestHandler):
     timeout = 60  # seconds one read or write may stall
     disable_nagle_algorithm = True  # headers and body go out as separate writes
     server: PytailServer
+
+    def parse_request(self) -> bool:
+        """The request line and headers, by http.server's rules but with the headers read
+        without the email package (measured: a third of a warm page's CPU time). HTTP/0.9,
+        folded header lines and a space before a colon get 400 (RFC 9112)."""
+        self.command, self.request_version = None, "HTTP/1.0"  # errors get a status line
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3:
+            if words:
+                self.send_error(400, f"Bad request syntax ({self.requestline!r})")
+            return False
+        command, path, version = words
+        number = _HTTP_VERSION.fullmatch(version)
+        if not number:
+            self.send_error(400, f"Bad request version ({version!r})")
+            return False
+        if int(number[1]) >= 2:
+            self.send_error(505, f"Invalid HTTP version ({version})")
+            return False
+        self.command, self.request_version = command, version
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path  # gh-87389
+        headers = self._read_headers()
+        if headers is None:
+            return False
+        self.headers = headers  # type: ignore[assignment]
+        connection = headers.get("connection", "").lower()
+        self.close_connection = connection == "close" or (
+            (int(number[1]), int(number[2])) < (1, 1) and connection != "keep-alive")
+        return True
+
+    def _read_headers(self) -> RequestHeaders | None:
+        headers = RequestHeaders()
+        for _ in range(MAX_HEADERS + 1):
+            line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            if len(line) > MAX_HEADER_LINE:
+                self.send_error(431, "Line too long")
+                return None
+            if line in (b"\r\n", b"\n", b""):
+                return headers
+            name, colon, value = str(line, "iso-8859-1").partition(":")
+            if not colon or not name or name != name.strip():
+                self.send_error(400, f"Bad header line ({line[:60]!r})")
+                return None
+            headers.setdefault(name.lower(), value.strip())
+        self.send_error(431, "Too many headers")
+        return None
 
     def do_GET(self) -> None:
         self._dispatch(head=False)
@@ -3102,10 +3190,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         metrics.add("pytail_bytes_served_total", self._sent)
         if self._outcome != "-":
             metrics.add("pytail_cache_total", outcome=self._outcome)
-        path = "".join(c if 32 <= ord(c) < 127 else "?" for c in self.path[:300])
-        log.info('%s "%s %s" %d %d %s %.1fms', self.client_address[0], self.command, path,
-                 self._status, self._sent, self._outcome,
-                 (time.monotonic() - self._started) * 1000)
+        access = self.server.access
+        if access.enabled:
+            path = self.path[:300]
+            if not path.isprintable() or not path.isascii():
+                path = "".join(c if 32 <= ord(c) < 127 else "?" for c in path)
+            access.write(f'{self.client_address[0]} "{self.command} {path}" {self._status} '
+                         f'{self._sent} {self._outcome} '
+                         f'{(time.monotonic() - self._started) * 1000:.1f}ms')
         self.server.watch(self.connection, waiting=True)  # next request: the clock runs
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -3379,6 +3471,7 @@ class PytailServer(http.server.ThreadingHTTPServer):
         self.config = config
         self.started = time.time()
         self.metrics = Metrics()
+        self.access = AccessLog()
         self.index = Index(os.path.join(config.cache_dir, "index.sqlite3"))
         self.store = FileStore(config.cache_dir, clean=True)
         upstream = Upstream(config.upstream, config.timeout, self.metrics) \
@@ -3449,8 +3542,13 @@ class PytailServer(http.server.ThreadingHTTPServer):
             stop.set()
 
     def _watchdog(self, stop: threading.Event) -> None:
-        while not stop.wait(1.0):
-            limit = time.monotonic() - self.request_deadline
+        checked = time.monotonic()
+        while not stop.wait(ACCESS_LOG_DELAY):
+            self.access.flush()
+            if time.monotonic() - checked < 1.0:
+                continue
+            checked = time.monotonic()
+            limit = checked - self.request_deadline
             with self._conns_lock:
                 late = [c for c, since in self._conns.items() if since is not None and since < limit]
             for conn in late:
@@ -3461,6 +3559,7 @@ class PytailServer(http.server.ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self.access.flush()
         self.index.close()
 
 

@@ -2765,6 +2765,58 @@ def test_huge_headers_get_4xx(proxy: Proxy) -> None:
     assert status.startswith(b"4")
 
 
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GET /simple/ HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\nX-A : 1\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\nno colon\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/2.0\r\n\r\n", b"505"),
+    (b"GET /simple/ HTTP/1\r\n\r\n", b"400"),
+    (b"GET /simple/\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\n" + b"X-N: 1\r\n" * 101 + b"\r\n", b"431"),
+])
+def test_malformed_request_heads(proxy: Proxy, request_bytes: bytes, status: bytes) -> None:
+    with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
+        sock.sendall(request_bytes)
+        assert sock.recv(100).split(b" ")[1] == status
+
+
+def test_request_headers_any_case_first_wins_connection_close(proxy: Proxy, alpha: Path) -> None:
+    head = (b"GET /simple/alpha/ HTTP/1.1\r\nhost: x\r\naCCEPT: application/vnd.pypi.simple.v1+json"
+            b"\r\nAccept: text/html\r\nConnection: Close\r\n\r\n")
+    with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes: Connection: close honoured
+            data += chunk
+    assert b"Content-Type: application/vnd.pypi.simple.v1+json" in data
+    with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")  # HTTP/1.0: closed after one answer
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_access_log_lines_are_batched_to_stderr(cfg: pytail.ServeConfig, clock: Clock,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    logging.getLogger("pytail").setLevel(logging.INFO)
+    try:
+        proxy = Proxy(cfg, clock)
+    finally:
+        logging.getLogger("pytail").setLevel(logging.NOTSET)
+    try:
+        assert proxy.server.access.enabled
+        proxy.request("/health")
+        raw_request(proxy, b"GET /simple/\xe9?x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        err: list[str] = []
+        wait_until(lambda: err.append(capfd.readouterr().err) or '"GET /simple/??x" 404' in
+                   "".join(err))
+        assert re.search(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO 127\.0\.0\.1 "GET /health" '
+                         r'200 \d+ - [\d.]+ms$', "".join(err), re.M)
+    finally:
+        proxy.stop()
+
+
 def test_slow_headers_are_cut_off(proxy: Proxy) -> None:  # slowloris
     proxy.server.request_deadline = 1.0
     started = time.monotonic()
