@@ -198,6 +198,8 @@ _VERSION_RE = re.compile(
     re.IGNORECASE,
 )
 _UNSAFE_CHARS_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_URL_SAFE_PATH_RE = re.compile(r"[A-Za-z0-9_.~/+-]*")  # site paths that quote() leaves alone
 _STRAY_SUFFIXES = (".part", ".tmp", ".partial", ".yanked", ".metadata")
 
 
@@ -436,7 +438,7 @@ def _lock_file_want(name: str, version: str | None, item: Any) -> Want | None:
     digest = item.get("hash") if isinstance(item.get("hash"), str) else \
         "sha256:" + str((item.get("hashes") or {}).get("sha256", ""))  # uv.lock / pylock
     sha = digest.removeprefix("sha256:").lower()
-    return Want(name, version, sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None,
+    return Want(name, version, sha if _SHA256_RE.fullmatch(sha) else None,
                 filename if is_safe_filename(filename) else None)
 
 
@@ -534,8 +536,8 @@ def _file_url(base_url: str, href: str) -> tuple[str, str | None] | None:
             return None
     url, _, fragment = url.partition("#")
     name, _, value = fragment.partition("=")
-    sha = value.lower() if name.lower() == "sha256" and re.fullmatch(r"[0-9a-fA-F]{64}", value) \
-        else None
+    value = value.lower()
+    sha = value if name.lower() == "sha256" and _SHA256_RE.fullmatch(value) else None
     return url, sha
 
 
@@ -552,25 +554,24 @@ def _text(value: Any) -> str | None:
 
 def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None:
     """A FileEntry from one PEP 691 file object, or None when it is unusable."""
-    target = _file_url(base_url, str(item.get("url", "")))
-    filename = str(item.get("filename", ""))
+    get = item.get  # called 15,000 times for a big page: every lookup counts
+    target = _file_url(base_url, str(get("url", "")))
+    filename = str(get("filename", ""))
     if target is None or not is_safe_filename(filename) or not dist_kind(filename):
         return None
-    hashes = item.get("hashes") if isinstance(item.get("hashes"), dict) else {}
-    sha = str(hashes.get("sha256", "")).lower() or target[1]
-    meta = item.get("core-metadata", item.get("dist-info-metadata",
-                                               item.get("data-dist-info-metadata")))
-    yanked = item.get("yanked", False)
-    size = item.get("size")
+    hashes = get("hashes")
+    sha = str(hashes.get("sha256", "")).lower() if isinstance(hashes, dict) else ""
+    meta = get("core-metadata", get("dist-info-metadata", get("data-dist-info-metadata")))
+    yanked, size, provenance = get("yanked", False), get("size"), get("provenance")
     return FileEntry(
         filename=filename, url=target[0],
-        sha256=sha if sha and re.fullmatch(r"[0-9a-f]{64}", sha) else None,
-        requires_python=_text(item.get("requires-python")),
+        sha256=sha if _SHA256_RE.fullmatch(sha) else target[1],
+        requires_python=_text(get("requires-python")),
         yanked=(yanked if isinstance(yanked, str) and yanked else "" if yanked else None),
-        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
-        upload_time=_text(item.get("upload-time")),
-        core_metadata=_metadata_value(meta),
-        provenance=item.get("provenance") if isinstance(item.get("provenance"), str) else None,
+        size=size if type(size) is int and size >= 0 else None,
+        upload_time=_text(get("upload-time")),
+        core_metadata=_metadata_value(meta) if meta is not None else None,
+        provenance=provenance if isinstance(provenance, str) else None,
         extra={k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS} or None,
     )
 
@@ -882,9 +883,17 @@ def render_project_html(page: ProjectPage, root_rel: str, extended: bool = False
     return b"".join(iter_project_html(page, root_rel, extended))
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # built once, not per file
+
+
+def _quote_path(path: str) -> str:
+    """A site path as a URL path (a '+' stays, as devpi writes it)."""
+    return path if _URL_SAFE_PATH_RE.fullmatch(path) else urllib.parse.quote(path, safe="/+")
+
+
 def _anchor(entry: FileEntry, root_rel: str, extended: bool = False) -> str:
     """One `<a>` with every attribute rule of HTML-2..7 applied."""
-    href = root_rel + urllib.parse.quote(entry.path, safe="/+")
+    href = root_rel + _quote_path(entry.path)
     if entry.sha256:
         href += f"#sha256={entry.sha256}"
     attrs = [f'href="{_attr(href)}"']
@@ -909,7 +918,7 @@ def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
     item: dict[str, Any] = dict(entry.extra) if entry.extra else {}
     item.update({
         "filename": entry.filename,
-        "url": root_rel + urllib.parse.quote(entry.path, safe="/+"),
+        "url": root_rel + _quote_path(entry.path),
         "hashes": {"sha256": entry.sha256} if entry.sha256 else {},
         "requires-python": entry.requires_python,
         "yanked": entry.yanked or (entry.yanked is not None),
@@ -933,8 +942,8 @@ def iter_project_json(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
     if page.status:
         doc["project-status"] = page.status
     yield (json.dumps(doc, separators=(",", ":"))[:-1] + ',"files":[').encode()
-    yield from _batches((("," if i else "") + json.dumps(_json_file(f, root_rel),
-                                                         separators=(",", ":"))
+    encode = _COMPACT_JSON.encode
+    yield from _batches((("," if i else "") + encode(_json_file(f, root_rel))
                          for i, f in enumerate(page.files)))
     yield b"]}"
 
@@ -2375,10 +2384,12 @@ class ProjectCache:
         `verify`, `refresh`), forget what is in memory, so pages are loaded and rendered
         again from the index and list only files that are still there."""
         now = time.monotonic()
-        if now - self._outside[0] < 1.0:
+        checked, known = self._outside
+        if now - checked < 1.0:
             return
+        self._outside = (now, known)  # this thread checks; the others go on meanwhile
         version = self.index.data_version()
-        if self._outside[1] not in (-1, version):
+        if known not in (-1, version):
             with self._memory_lock:
                 self._memory.clear()
         self._outside = (now, version)
