@@ -3568,6 +3568,15 @@ class PytailServer(http.server.ThreadingHTTPServer):
                 except OSError:
                     pass
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a handler's own error handling (reset while
+        sending its headers): a log line, not socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.error("connection from %s failed: %r", client_address[0], exc)
+
     def server_close(self) -> None:
         super().server_close()
         self.access.flush()

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tarfile
@@ -2778,6 +2779,19 @@ def test_malformed_request_heads(proxy: Proxy, request_bytes: bytes, status: byt
     with socket.create_connection(proxy.server.server_address[:2], timeout=5) as sock:
         sock.sendall(request_bytes)
         assert sock.recv(100).split(b" ")[1] == status
+
+
+def test_reset_mid_headers_prints_no_traceback(proxy: Proxy,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    for _ in range(3):
+        sock = socket.create_connection(proxy.server.server_address[:2], timeout=5)
+        sock.sendall(b"GET /simple/ HTTP/1.1\r\nX-A: 1\r\n")
+        time.sleep(0.05)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST while the server reads the headers
+    time.sleep(0.3)
+    assert proxy.request("/health")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_request_headers_any_case_first_wins_connection_close(proxy: Proxy, alpha: Path) -> None:
