@@ -44,12 +44,11 @@ import hmac
 import html
 import http.client
 import http.server
-import importlib.util
 import io
 import json
 import logging
+import marshal
 import os
-import py_compile
 import re
 import shutil
 import signal
@@ -1734,20 +1733,21 @@ class Response:
         sent_gzip = self.headers.get("content-encoding", "").lower() == "gzip"
         coder = zlib.decompressobj(16 + zlib.MAX_WBITS) if sent_gzip else \
             zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        digest, parts, size = hashlib.sha256(), [], 0
+        digest, parts, size, raw = hashlib.sha256(), [], 0, 0
+        too_big = UpstreamError(f"{self.url}: response larger than {limit} bytes")
         try:
             while chunk := self._resp.read(CHUNK):
-                if not sent_gzip:
-                    parts.append(coder.compress(chunk))  # type: ignore[union-attr]
-                    decoded = [chunk]
-                else:
-                    parts.append(chunk)
-                    decoded = list(inflate_pieces(coder, chunk))  # type: ignore[arg-type]
-                for data in decoded:
+                raw += len(chunk)
+                if raw > limit:
+                    raise too_big
+                parts.append(chunk if sent_gzip else coder.compress(chunk))  # type: ignore
+                for data in inflate_pieces(coder, chunk) if sent_gzip else (chunk,):
                     digest.update(data)
                     size += len(data)
-                if size > limit:
-                    raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+                    if size > limit:  # checked per piece: a gzip bomb never inflates whole
+                        raise too_big
+                if sent_gzip and coder.unused_data:  # type: ignore[union-attr]
+                    raise UpstreamError(f"{self.url}: bad gzip body: data after its end")
             if sent_gzip:
                 tail = coder.flush()
                 digest.update(tail)
@@ -2326,7 +2326,7 @@ class ProjectCache:
         heavy = self._heavy if len(fetched.body) >= HEAVY_BYTES else contextlib.nullcontext()
         with heavy:  # compressed size
             page = assign_paths(parse_page(name, fetched))
-        if len(page.files) > STORED_FILES:
+        if page.offsets is not None and len(page.files) > STORED_FILES:  # JSON pages
             source = Fetched(200, {"content-type": fetched.headers.get("content-type", "")},
                              fetched.body, fetched.url)
             page.files = StoredFiles(name, source, page)
@@ -2921,6 +2921,7 @@ _BAD_ESCAPES_RE = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 MAX_PATH = 2048
 REQUEST_DEADLINE = 30.0  # seconds a connection may idle or take over its request headers
 ACCESS_LOG_DELAY = 0.2  # access log lines are written in batches at least this often
+ACCESS_LOG_BACKLOG = 100_000  # lines kept while stderr blocks
 MAX_HEADER_LINE = 65536  # longer request lines and header lines get 431 (as http.client)
 MAX_HEADERS = 100  # and more headers than this
 _HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
@@ -3051,14 +3052,19 @@ class RequestHeaders(dict):  # type: ignore[type-arg]
 
 class AccessLog:
     """The access log: one line per request on stderr, in the format of the other log
-    lines, written in batches by the server's watchdog thread (at most ACCESS_LOG_DELAY
-    late). Through `logging`, each line took a lock and a flush: a quarter of warm-page
-    throughput with 16 clients. Off unless the `pytail` logger is at INFO (`-q`)."""
+    lines, written in batches by a thread of its own (at most ACCESS_LOG_DELAY late).
+    Through `logging`, each line took a lock and a flush: a quarter of warm-page
+    throughput with 16 clients. Off unless the `pytail` logger is at INFO (`-q`). While
+    stderr blocks, at most ACCESS_LOG_BACKLOG lines wait; older ones are dropped."""
 
     def __init__(self) -> None:
         self.enabled = log.isEnabledFor(logging.INFO)
-        self._lines: deque[str] = deque()  # appends and pops are atomic
+        self._lines: deque[str] = deque(maxlen=ACCESS_LOG_BACKLOG)  # atomic appends, pops
         self._stamp = (0, "")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(ACCESS_LOG_DELAY):
+            self.flush()
 
     def write(self, message: str) -> None:
         now = time.time()
@@ -3133,8 +3139,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return None
             if line in (b"\r\n", b"\n", b""):
                 return headers
-            name, colon, value = str(line, "iso-8859-1").partition(":")
-            if not colon or not name or name != name.strip():
+            name, colon, value = str(line, "iso-8859-1").rstrip("\r\n").partition(":")
+            if not colon or not name or name != name.strip() or "\r" in value or "\0" in value:
                 self.send_error(400, f"Bad header line ({line[:60]!r})")
                 return None
             headers.setdefault(name.lower(), value.strip())
@@ -3547,19 +3553,17 @@ class PytailServer(http.server.ThreadingHTTPServer):
         stop = threading.Event()
         threading.Thread(target=self._watchdog, args=(stop,), daemon=True,
                          name="pytail watchdog").start()
+        if self.access.enabled:
+            threading.Thread(target=self.access.run, args=(stop,), daemon=True,
+                             name="pytail access log").start()
         try:
             super().serve_forever(poll_interval)
         finally:
             stop.set()
 
     def _watchdog(self, stop: threading.Event) -> None:
-        checked = time.monotonic()
-        while not stop.wait(ACCESS_LOG_DELAY):
-            self.access.flush()
-            if time.monotonic() - checked < 1.0:
-                continue
-            checked = time.monotonic()
-            limit = checked - self.request_deadline
+        while not stop.wait(1.0):
+            limit = time.monotonic() - self.request_deadline
             with self._conns_lock:
                 late = [c for c, since in self._conns.items() if since is not None and since < limit]
             for conn in late:
@@ -3575,7 +3579,7 @@ class PytailServer(http.server.ThreadingHTTPServer):
         if isinstance(exc, OSError):
             log.debug("connection from %s ended: %s", client_address[0], exc)
         else:
-            log.error("connection from %s failed: %r", client_address[0], exc)
+            log.error("connection from %s failed: %r", client_address[0], exc, exc_info=True)
 
     def server_close(self) -> None:
         super().server_close()
@@ -4308,36 +4312,51 @@ def tune_allocator() -> None:
         pass
 
 
-def run_from_bytecode() -> None:
-    """Replace this process (same PID, same arguments) with one that runs pytail from its
-    cached bytecode, when started as `python pytail.py`.
+_LOAD_CODE = ("import marshal, sys; m = sys.modules['pytail'] = type(sys)('pytail'); "
+              "m.__file__ = sys.argv[2]; exec(marshal.loads(open(sys.argv[1], 'rb').read()), "
+              "m.__dict__); sys.exit(m.main(sys.argv[3:]))")
+
+
+def run_from_bytecode(cache_dir: str) -> None:
+    """Replace this process (same PID, same arguments) with one that runs pytail from
+    bytecode kept in the cache directory, when started as `python pytail.py`.
 
     A script is compiled from source at every start, and the compiler's garbage stays
     resident for the life of the process: measured, 37 MB idle RSS against 27 MB from
-    bytecode. A no-op when imported, in the re-run itself, with PYTAIL_NO_REEXEC set, or
-    when the bytecode cannot be written next to the file."""
-    if __name__ != "__main__" or os.environ.get("PYTAIL_NO_REEXEC") or not sys.executable:
-        return
+    bytecode. The bytecode is named by a hash of the source, so it is never stale, and
+    nothing is written next to the source. A no-op when imported or run with `-m`, in the
+    re-run itself, with PYTAIL_NO_REEXEC set, or when the cache directory is not writable."""
+    script_at = len(sys.orig_argv) - len(sys.argv)
     source = os.path.abspath(__file__)
-    try:
-        cached = importlib.util.cache_from_source(source)
-        if not os.path.exists(cached) or os.stat(cached).st_mtime < os.stat(source).st_mtime:
-            py_compile.compile(source, cfile=cached, doraise=True)
-    except (OSError, py_compile.PyCompileError, NotImplementedError, ValueError):
+    if __name__ != "__main__" or os.environ.get("PYTAIL_NO_REEXEC") or not sys.executable \
+            or script_at < 1 or os.path.abspath(sys.orig_argv[script_at]) != source:
         return
-    options = sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]  # -X, -O, ...
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('pytail', "
-            "sys.argv[1]); m = sys.modules['pytail'] = u.module_from_spec(s); "
-            "s.loader.exec_module(m); sys.exit(m.main(sys.argv[2:]))")
+    try:
+        with open(source, "rb") as handle:
+            text = handle.read()
+        folder = os.path.join(cache_dir, "+bytecode")
+        code_file = os.path.join(folder, f"pytail-{sys.implementation.cache_tag}-"
+                                         f"{hashlib.sha256(text).hexdigest()[:16]}.code")
+        if not os.path.exists(code_file):
+            os.makedirs(folder, exist_ok=True)
+            for old in os.listdir(folder):
+                discard(os.path.join(folder, old))
+            temp = code_file + ".tmp"
+            with open(temp, "wb") as handle:
+                handle.write(marshal.dumps(compile(text, source, "exec", dont_inherit=True)))
+            os.replace(temp, code_file)
+    except (OSError, SyntaxError, ValueError):
+        return
+    options = sys.orig_argv[1:script_at]  # -X, -O, ...
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *options, "-c", code, source, *sys.argv[1:]],
-              {**os.environ, "PYTAIL_NO_REEXEC": "1"})
+    os.execve(sys.executable, [sys.executable, *options, "-P", "-c", _LOAD_CODE, code_file,
+                               source, *sys.argv[1:]], {**os.environ, "PYTAIL_NO_REEXEC": "1"})
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     """Run the server until SIGINT or SIGTERM."""
-    run_from_bytecode()
+    run_from_bytecode(ns.cache_dir)
     tune_allocator()
     server = make_server(serve_config(ns))
     stop = threading.Event()

@@ -139,7 +139,7 @@ class FakeUpstream:
     gate: threading.Event | None = None  # file downloads wait for it when set
     file_fault: str | None = None  # '500', 'reset_mid', 'short', 'slow', 'redirect', 'loop'
     pad: int = 0  # bytes of padding in JSON pages (a 50 MB page)
-    gzip_pages: str | None = None  # 'ok': pages gzip-encoded when accepted; 'bad': broken gzip
+    gzip_pages: str | None = None  # 'ok': gzip-encoded when accepted; 'bad', 'trailing': broken
     url: str = ""
 
     def add(self, project: str, *paths: Path, requires_python: str | None = None) -> None:
@@ -228,7 +228,8 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
                     return self._send(304, b"", ctype, headers)
             if up.gzip_pages and "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body)
-                body = body if up.gzip_pages == "ok" else body[:20] + b"junk" + body[24:]
+                body = {"ok": body, "bad": body[:20] + b"junk" + body[24:],
+                        "trailing": body + b"junk"}[up.gzip_pages]
                 headers["Content-Encoding"] = "gzip"
             self._send(200, body, ctype, headers)
 
@@ -1272,12 +1273,29 @@ def test_serve_subprocess_prints_url_and_stops_on_sigterm(tmp_path: Path,
             assert resp.status == 200 and alpha.name.encode() in resp.read()
         if Path("/proc/self/cmdline").exists():  # re-run from bytecode, same PID
             argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-            assert argv[1] == b"-c" and str(HERE / "pytail.py").encode() in argv
+            assert argv[1:3] == [b"-P", b"-c"] and str(HERE / "pytail.py").encode() in argv
+            assert argv[4].startswith(str(tmp_path / "c" / "+bytecode" / "pytail-").encode())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         log = proc.stderr.read()  # type: ignore[union-attr]
         assert '"GET /simple/alpha/" 200' in log and "MISS" in log  # one line per request
         assert "Traceback" not in log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_with_dash_m_runs_in_place(tmp_path: Path, upstream: FakeUpstream) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytail", "serve", "--bind", "127.0.0.1:0", "--cache-dir",
+         str(tmp_path / "c"), "--upstream-base-url", upstream.url],
+        cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)simple/", line).group(1)  # type: ignore
+        assert fetch(url + "health")[0] == 200
+        assert b"-m" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert not (tmp_path / "c" / "+bytecode").exists()
     finally:
         proc.kill()
         proc.wait()
@@ -2747,8 +2765,11 @@ def test_fifty_megabyte_page(proxy: Proxy, upstream: FakeUpstream, alpha: Path) 
     assert "x-padding" not in doc
 
 
-def test_oversized_page_is_refused(proxy: Proxy, upstream: FakeUpstream, alpha: Path) -> None:
+@pytest.mark.parametrize("gzip_pages", [None, "ok"])  # "ok": a gzip bomb, 64 MB from 65 KB
+def test_oversized_page_is_refused(proxy: Proxy, upstream: FakeUpstream, alpha: Path,
+                                   gzip_pages: str | None) -> None:
     upstream.pad = pytail.MAX_PAGE_BYTES + 1
+    upstream.gzip_pages = gzip_pages
     status, _, body = proxy.request("/simple/alpha/")
     assert status == 502 and b"larger than" in body
 
@@ -2770,6 +2791,7 @@ def test_huge_headers_get_4xx(proxy: Proxy) -> None:
     (b"GET /simple/ HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", b"400"),
     (b"GET /simple/ HTTP/1.1\r\nX-A : 1\r\n\r\n", b"400"),
     (b"GET /simple/ HTTP/1.1\r\nno colon\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\nRange: bytes=0-1\rX: y\r\n\r\n", b"400"),
     (b"GET /simple/ HTTP/2.0\r\n\r\n", b"505"),
     (b"GET /simple/ HTTP/1\r\n\r\n", b"400"),
     (b"GET /simple/\r\n\r\n", b"400"),
@@ -3201,9 +3223,10 @@ def test_pages_are_stored_gzip_whatever_upstream_sends(proxy: Proxy, upstream: F
     assert body[:2] == b"\x1f\x8b" and b"alpha-1.0" in gzip.decompress(body)
 
 
+@pytest.mark.parametrize("fault", ["bad", "trailing"])
 def test_broken_gzip_from_upstream_is_an_upstream_error(proxy: Proxy, upstream: FakeUpstream,
-                                                        alpha: Path) -> None:
-    upstream.gzip_pages = "bad"
+                                                        alpha: Path, fault: str) -> None:
+    upstream.gzip_pages = fault
     status, _, body = proxy.request("/simple/alpha/")
     assert status == 502 and b"gzip" in body
 
@@ -3220,8 +3243,11 @@ def test_big_pages_are_kept_as_their_body_not_as_entries(proxy: Proxy, upstream:
     first = proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})[2]
     state, _ = proxy.server.cache.lookup("big")
     files = state.page.files
-    assert isinstance(files, pytail.StoredFiles) and len(files) == count
     html = proxy.request("/simple/big/")[2]  # rendered again from the body: nothing held
+    if not json_pages:  # an HTML page has no offsets to find a file by: it stays a list
+        assert isinstance(files, list) and html.count(b"<a href=") == count
+        return
+    assert isinstance(files, pytail.StoredFiles) and len(files) == count
     assert files._held is None
     docs = [json.loads(first), json.loads(
         proxy.request("/root/pypi/+simple/big/", headers={"Accept": UV_ACCEPT})[2])]
