@@ -93,7 +93,9 @@ DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_THREADS = 256
 NEGATIVE_TTL = 60  # CACHE-6: how long an upstream 404 is remembered
 PAGE_MAX_AGE_MIRROR = 60  # Cache-Control max-age for mirrored pages
-RENDER_CACHE_ENTRIES = 512  # rendered pages kept in memory (LRU)
+RENDER_CACHE_ENTRIES = 512  # pages kept in memory with their renders (LRU)...
+RENDER_CACHE_BYTES = 64 * 1024 * 1024  # ...and about this much memory for them at most
+ENTRY_BYTES = 900  # what one parsed FileEntry costs in memory, measured (pydantic-core)
 CHUNK = 256 * 1024
 TEXT_CHUNK = 64 * 1024  # stored pages are parsed in pieces of this many bytes
 GZIP_MAGIC = b"\x1f\x8b"
@@ -2262,6 +2264,10 @@ class StoredFiles:
     def release(self) -> None:
         self._held = None
 
+    def weight(self) -> int:
+        held = ENTRY_BYTES * self._count if self._held is not None else 0
+        return len(self._source.body) + 24 * self._count + held
+
     def find(self, path: str) -> FileEntry | None:
         """The file served at `path`, if the page lists it."""
         if not self._offsets:  # an HTML page: scan it
@@ -2290,6 +2296,15 @@ class PageState:
     rendered: dict[tuple[str, str], Variant] = field(default_factory=dict)
     by_path: dict[str, FileEntry] | None = None
     failed: float = 0.0  # when upstream last failed for it (stale pages back off)
+
+    def weight(self) -> int:
+        """Roughly the bytes this state holds: its renders and its files."""
+        size = sum(v.size if v.gzipped is None else len(v.gzipped)
+                   for v in list(self.rendered.values()))
+        files = self.page.files if self.page else []
+        if isinstance(files, StoredFiles):
+            return size + files.weight()
+        return size + ENTRY_BYTES * len(files) * (2 if self.by_path else 1)  # type: ignore
 
     def entry(self, path: str) -> FileEntry | None:
         """The page's file served at `path`, if any (index built on first use)."""
@@ -2337,9 +2352,22 @@ class ProjectCache:
         with self._memory_lock:
             self._memory[state.name] = state
             self._memory.move_to_end(state.name)
+        self._trim()
+        return state
+
+    def _trim(self) -> None:
+        """Forget the least recently used pages past RENDER_CACHE_ENTRIES or
+        RENDER_CACHE_BYTES (the newest one always stays); they reload from SQLite."""
+        with self._memory_lock:
             while len(self._memory) > RENDER_CACHE_ENTRIES:
                 self._memory.popitem(last=False)
-        return state
+            weights = [state.weight() for state in self._memory.values()]
+            total = sum(weights)
+            for weight in weights[:-1]:
+                if total <= RENDER_CACHE_BYTES:
+                    break
+                self._memory.popitem(last=False)
+                total -= weight
 
     def _remembered(self, name: str) -> PageState | None:
         with self._memory_lock:
@@ -2489,6 +2517,7 @@ class ProjectCache:
                     found = rendered[key] = make_variant(render(page, root_rel))
                     if isinstance(state.page.files, StoredFiles):
                         state.page.files.release()
+            self._trim()
         return found
 
     def _decorate(self, page: ProjectPage) -> ProjectPage:

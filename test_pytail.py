@@ -3263,6 +3263,18 @@ def test_big_pages_are_kept_as_their_body_not_as_entries(proxy: Proxy, upstream:
     assert files.find(pytail.sha_path("0" * 64, "big-1.0.tar.gz")) is None
 
 
+def test_page_memory_is_bounded_by_bytes(proxy: Proxy, upstream: FakeUpstream,
+                                         alpha_beta: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytail, "RENDER_CACHE_BYTES", 1)  # only the newest page stays
+    for name in ("alpha", "beta", "alpha", "beta"):
+        status, _, body = proxy.request(f"/simple/{name}/", headers={"Accept": UV_ACCEPT})
+        assert status == 200 and json.loads(body)["name"] == name
+        assert list(proxy.server.cache._memory) == [name]
+    assert upstream.count("/simple/") == 2  # forgotten pages come back from SQLite
+    state, _ = proxy.server.cache.lookup("beta")
+    assert 0 < state.weight() < 100_000
+
+
 def test_pages_are_kept_gzip_and_parse_from_either_form() -> None:
     body = json.dumps({"files": [{"filename": f"pkg-{i}.0.tar.gz", "url": f"https://f/pkg-{i}.0.tar.gz",
                                   "hashes": {"sha256": f"{i:064x}"}} for i in range(3000)]}).encode()
