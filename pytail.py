@@ -942,8 +942,8 @@ def iter_project_json(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
                            "versions": page.versions}
     if page.status:
         doc["project-status"] = page.status
-    yield (json.dumps(doc, separators=(",", ":"))[:-1] + ',"files":[').encode()
     encode = _COMPACT_JSON.encode
+    yield (encode(doc)[:-1] + ',"files":[').encode()
     yield from _batches((("," if i else "") + encode(_json_file(f, root_rel))
                          for i, f in enumerate(page.files)))
     yield b"]}"
@@ -2170,10 +2170,7 @@ class Variant:
     size: int  # of the plain body
 
     def pieces(self) -> Iterator[bytes]:
-        if self.plain is not None:
-            yield self.plain
-        else:
-            yield from iter_inflated(self.gzipped or b"", CHUNK)
+        return iter_inflated(self.gzipped or self.plain or b"", CHUNK)  # plain: as it is
 
 
 def make_variant(chunks: Iterable[bytes]) -> Variant:
@@ -2212,9 +2209,10 @@ def assign_paths(page: ProjectPage) -> ProjectPage:
         if entry.path not in seen:
             seen.add(entry.path)
             files.append(entry)
-            offsets.append(page.offsets[i] if page.offsets else -1)
+            if page.offsets is not None:
+                offsets.append(page.offsets[i])
     page.files = files
-    page.offsets = offsets if page.offsets else None
+    page.offsets = offsets if page.offsets is not None else None
     return page
 
 
@@ -2225,7 +2223,7 @@ class StoredFiles:
     Iterating parses the body again; `find` decodes only the JSON object a path points to
     (a sorted array of path hashes and offsets, 16 bytes a file). The entries the page was
     first parsed into are held until `release()`, after its first render, so a cold
-    request parses once."""
+    request parses once. JSON pages only: an HTML page has no offsets."""
 
     def __init__(self, name: str, source: Fetched, page: ProjectPage) -> None:
         self._name, self._source = name, source
@@ -2242,11 +2240,7 @@ class StoredFiles:
 
     def __iter__(self) -> Iterator[FileEntry]:
         held = self._held
-        if held is not None:
-            return iter(held)
-        if not self._kept:  # an HTML page
-            return iter(assign_paths(parse_page(self._name, self._source)).files)
-        return self._stream()
+        return iter(held) if held is not None else self._stream()
 
     def _stream(self) -> Iterator[FileEntry]:
         """The files parsed again one at a time (a render holds one entry, not 15,000)."""
@@ -2258,9 +2252,6 @@ class StoredFiles:
                 yield entry
                 want = next(kept, None)
 
-    def __contains__(self, entry: object) -> bool:
-        return isinstance(entry, FileEntry) and self.find(entry.path) == entry
-
     def release(self) -> None:
         self._held = None
 
@@ -2270,8 +2261,6 @@ class StoredFiles:
 
     def find(self, path: str) -> FileEntry | None:
         """The file served at `path`, if the page lists it."""
-        if not self._offsets:  # an HTML page: scan it
-            return next((entry for entry in self if entry.path == path), None)
         key = hash(path)
         i = bisect.bisect_left(self._keys, key)
         while i < len(self._keys) and self._keys[i] == key:
