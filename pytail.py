@@ -49,6 +49,7 @@ import json
 import logging
 import marshal
 import os
+import queue
 import re
 import shutil
 import signal
@@ -554,26 +555,43 @@ def _text(value: Any) -> str | None:
 
 
 def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None:
-    """A FileEntry from one PEP 691 file object, or None when it is unusable."""
-    get = item.get  # called 15,000 times for a big page: every lookup counts
-    target = _file_url(base_url, str(get("url", "")))
-    filename = str(get("filename", ""))
-    if target is None or not is_safe_filename(filename) or not dist_kind(filename):
+    """A FileEntry from one PEP 691 file object, or None when it is unusable. Called
+    15,000 times for a big page, on a cold request's critical path: every step counts."""
+    get = item.get
+    url, filename = get("url"), get("filename")
+    if type(url) is not str or type(filename) is not str:
+        return None
+    url_sha = None
+    if "#" in url or not url.startswith(("https://", "http://")):
+        target = _file_url(base_url, url)
+        if target is None:
+            return None
+        url, url_sha = target
+    if not is_safe_filename(filename) or not dist_kind(filename):
         return None
     hashes = get("hashes")
-    sha = str(hashes.get("sha256", "")).lower() if isinstance(hashes, dict) else ""
-    meta = get("core-metadata", get("dist-info-metadata", get("data-dist-info-metadata")))
-    yanked, size, provenance = get("yanked", False), get("size"), get("provenance")
+    sha = hashes.get("sha256") if type(hashes) is dict else None
+    if type(sha) is str:
+        sha = sha.lower()
+        if not _SHA256_RE.fullmatch(sha):
+            sha = None
+    meta = get("core-metadata")
+    if meta is None:
+        meta = get("dist-info-metadata")
+        if meta is None:
+            meta = get("data-dist-info-metadata")
+    yanked, size, provenance = get("yanked"), get("size"), get("provenance")
+    requires, uploaded = get("requires-python"), get("upload-time")
     return FileEntry(
-        filename=filename, url=target[0],
-        sha256=sha if _SHA256_RE.fullmatch(sha) else target[1],
-        requires_python=_text(get("requires-python")),
-        yanked=(yanked if isinstance(yanked, str) and yanked else "" if yanked else None),
-        size=size if type(size) is int and size >= 0 else None,
-        upload_time=_text(get("upload-time")),
-        core_metadata=_metadata_value(meta) if meta is not None else None,
-        provenance=provenance if isinstance(provenance, str) else None,
-        extra={k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS} or None,
+        filename, "", url, sha or url_sha,
+        requires if type(requires) is str and requires else None,
+        (yanked if type(yanked) is str and yanked else "" if yanked else None),
+        size if type(size) is int and size >= 0 else None,
+        uploaded if type(uploaded) is str and uploaded else None,
+        _metadata_value(meta) if meta is not None else None,
+        provenance if type(provenance) is str else None,
+        None if _SKIP_FILE_KEYS.issuperset(item) else
+        {k: v for k, v in item.items() if k not in _SKIP_FILE_KEYS},
     )
 
 
@@ -586,6 +604,7 @@ def _project_status(value: Any) -> dict[str, str] | None:
 
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])")  # after an element of an array
 
 
 def inflate_pieces(inflater: Any, data: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
@@ -619,12 +638,17 @@ def iter_inflated(body: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
         raise ValueError("truncated gzip data")
 
 
-def iter_text(body: bytes, errors: str = "strict") -> Iterator[str]:
-    """The text of a stored page in pieces (UTF-8, decoded incrementally)."""
+def decode_pieces(pieces: Iterable[bytes], errors: str = "strict") -> Iterator[str]:
+    """UTF-8 bytes that arrive in pieces as text pieces (decoded incrementally)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    for data in iter_inflated(body):
+    for data in pieces:
         yield decoder.decode(data)
     yield decoder.decode(b"", final=True)
+
+
+def iter_text(body: bytes, errors: str = "strict") -> Iterator[str]:
+    """The text of a stored page (plain or gzip) in pieces."""
+    return decode_pieces(iter_inflated(body), errors)
 
 
 def _no_constant(name: str) -> Any:
@@ -700,6 +724,32 @@ class _JsonReader:
             raise ValueError(f"expected a key at {self.where}")
         return self._decode(json.decoder.scanstring)
 
+    def elements(self) -> Iterator[tuple[Any, int]]:
+        """The values of the array whose '[' was just taken, with their offsets, up to its
+        ']'. The fast path decodes straight from the window; a value cut off by the end of
+        the window, or anything unusual, goes the careful way (value, after)."""
+        if self.take("]"):
+            return
+        scan = self._decoder.scan_once
+        while True:
+            self.peek()
+            text, pos = self.text, self.pos
+            start = self._dropped + pos
+            try:
+                value, end = scan(text, pos)
+                sep = _SEPARATOR.match(text, end)
+            except (StopIteration, ValueError):
+                sep = None
+            if sep is None:
+                yield self.value(), start
+                if self.after("]"):
+                    return
+                continue
+            self.pos = sep.end()
+            yield value, start
+            if sep.group(1) == "]":
+                return
+
     def after(self, close: str) -> bool:
         """Past the separator that follows a value: True when the container closed."""
         if self.take(","):
@@ -723,12 +773,7 @@ def iter_json_files(chunks: Iterator[str], members: dict[str, Any]) -> Iterator[
         if not reader.take(":"):
             raise ValueError(f"expected ':' at {reader.where}")
         if key == "files" and key not in members and reader.take("["):
-            done = reader.take("]")
-            while not done:
-                reader.peek()
-                start = reader.where
-                yield reader.value(), start
-                done = reader.after("]")
+            yield from reader.elements()
             members[key] = []
         else:
             members[key] = reader.value()
@@ -737,10 +782,11 @@ def iter_json_files(chunks: Iterator[str], members: dict[str, Any]) -> Iterator[
         raise ValueError(f"unexpected data after the object at {reader.where}")
 
 
-def iter_json_entries(body: bytes, base_url: str,
+def iter_json_entries(texts: Iterator[str], base_url: str,
                       members: dict[str, Any] | None = None) -> Iterator[tuple[FileEntry, int]]:
-    """The usable files of a stored PEP 691 page and their offsets, one at a time."""
-    for item, offset in iter_json_files(iter_text(body), {} if members is None else members):
+    """The usable files of a PEP 691 page arriving as text pieces, and their offsets, one
+    at a time."""
+    for item, offset in iter_json_files(texts, {} if members is None else members):
         entry = _entry_from_json(item, base_url) if isinstance(item, dict) else None
         if entry:
             yield entry, offset
@@ -751,18 +797,24 @@ def parse_project_json(name: str, body: bytes, base_url: str) -> ProjectPage:
     data: dict[str, Any] = {}
     files, offsets = [], []
     try:
-        for entry, offset in iter_json_entries(body, base_url, data):
+        for entry, offset in iter_json_entries(iter_text(body), base_url, data):
             files.append(entry)
             offsets.append(offset)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"malformed JSON page: {type(exc).__name__}: {exc}") from None
+    versions, status = json_page_members(data)
+    return ProjectPage(name, files, versions or versions_of(files), status, offsets)
+
+
+def json_page_members(data: Mapping[str, Any]) -> tuple[list[str], dict[str, str] | None]:
+    """The versions and project status of a PEP 691 page from its members other than the
+    files (see iter_json_files); ValueError when it has no 'files' list."""
     if not isinstance(data.get("files"), list):
         raise ValueError("malformed JSON page: no 'files' list")
     raw_versions = data.get("versions") if isinstance(data.get("versions"), list) else []
     versions = list(dict.fromkeys(str(v) for v in raw_versions if isinstance(v, str)))
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    return ProjectPage(name, files, versions or versions_of(files), _project_status(
-        data.get("project-status") or meta.get("project-status")), offsets)
+    return versions, _project_status(data.get("project-status") or meta.get("project-status"))
 
 
 def json_file_at(body: bytes, offset: int, base_url: str) -> FileEntry | None:
@@ -916,8 +968,7 @@ def _anchor(entry: FileEntry, root_rel: str, extended: bool = False) -> str:
 
 def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
     """One PEP 691/700 file object (JSON-2, JSON-3: `core-metadata` only)."""
-    item: dict[str, Any] = dict(entry.extra) if entry.extra else {}
-    item.update({
+    item: dict[str, Any] = {
         "filename": entry.filename,
         "url": root_rel + _quote_path(entry.path),
         "hashes": {"sha256": entry.sha256} if entry.sha256 else {},
@@ -925,28 +976,54 @@ def _json_file(entry: FileEntry, root_rel: str) -> dict[str, Any]:
         "yanked": entry.yanked or (entry.yanked is not None),
         "core-metadata": ({"sha256": entry.core_metadata} if entry.core_metadata
                           else entry.core_metadata is not None),
-    })
+    }
     if entry.size is not None:
         item["size"] = entry.size
     if entry.upload_time:
         item["upload-time"] = entry.upload_time
     if entry.provenance:
         item["provenance"] = entry.provenance
+    if entry.extra:  # unknown keys, passed through; never one of the keys above
+        item.update(entry.extra)
     return item
 
 
 def iter_project_json(page: ProjectPage, root_rel: str) -> Iterator[bytes]:
-    """PEP 691 JSON page with PEP 700 fields, in chunks; `name` is normalised (NAME-4)."""
-    version = API_VERSION if page.sizes_known() else API_VERSION_NO_SIZE
-    doc: dict[str, Any] = {"meta": {"api-version": version}, "name": normalize_name(page.name),
-                           "versions": page.versions}
-    if page.status:
-        doc["project-status"] = page.status
-    encode = _COMPACT_JSON.encode
-    yield (encode(doc)[:-1] + ',"files":[').encode()
-    yield from _batches((("," if i else "") + encode(_json_file(f, root_rel))
-                         for i, f in enumerate(page.files)))
-    yield b"]}"
+    """PEP 691 JSON page with PEP 700 fields, in chunks; `name` is normalised (NAME-4).
+    The files come before `meta` and `versions` (JSON-1: order does not matter), so a page
+    can be rendered while it is still being parsed (ProjectCache._ingest)."""
+    yield json_page_head(page.name)
+    yield from iter_json_file_pieces(page.files, root_rel)
+    yield json_page_tail(page.versions, page.status, page.sizes_known())
+
+
+def json_page_head(name: str) -> bytes:
+    return f'{{"name":{_COMPACT_JSON.encode(normalize_name(name))},"files":['.encode()
+
+
+def iter_json_file_pieces(files: Iterable[FileEntry], root_rel: str,
+                          size: int = 256) -> Iterator[bytes]:
+    """The file objects of a JSON page, comma-separated, in chunks of `size` files (one
+    encoder call per chunk: per file, the call costs more than the encoding)."""
+    batch: list[dict[str, Any]] = []
+    comma = ""
+    for entry in files:
+        batch.append(_json_file(entry, root_rel))
+        if len(batch) == size:
+            yield (comma + _COMPACT_JSON.encode(batch)[1:-1]).encode()
+            batch, comma = [], ","
+    if batch:
+        yield (comma + _COMPACT_JSON.encode(batch)[1:-1]).encode()
+
+
+def json_page_tail(versions: list[str], status: dict[str, str] | None, sized: bool) -> bytes:
+    """What follows the files: `meta` (its api-version says whether every file has a
+    size, PEP 700), `versions` and `project-status` (JSON-6)."""
+    doc: dict[str, Any] = {"meta": {"api-version": API_VERSION if sized else API_VERSION_NO_SIZE},
+                           "versions": versions}
+    if status:
+        doc["project-status"] = status
+    return ("]," + _COMPACT_JSON.encode(doc)[1:]).encode()
 
 
 def render_project_json(page: ProjectPage, root_rel: str) -> bytes:
@@ -1698,6 +1775,7 @@ class Response:
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.getheaders()}
         self.url = url
+        self.kept, self.digest = b"", ""  # of a page, once read (page_pieces)
 
     @property
     def length(self) -> int | None:
@@ -1729,9 +1807,11 @@ class Response:
                 raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
         return data
 
-    def read_page(self, limit: int) -> tuple[bytes, str]:
-        """The whole body gzip-compressed (as upstream sent it, else compressed here: pages
-        are kept that way) and the sha256 of its decoded bytes, at most `limit` of them."""
+    def page_pieces(self, limit: int) -> Iterator[bytes]:
+        """The decoded bytes of a page as they arrive, at most `limit` of them. Once they
+        are all read, `kept` is the whole body gzip-compressed (as upstream sent it, else
+        compressed here: pages are kept that way) and `digest` the sha256 of the decoded
+        bytes. Network and gzip errors raise UpstreamError."""
         sent_gzip = self.headers.get("content-encoding", "").lower() == "gzip"
         coder = zlib.decompressobj(16 + zlib.MAX_WBITS) if sent_gzip else \
             zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
@@ -1748,6 +1828,7 @@ class Response:
                     size += len(data)
                     if size > limit:  # checked per piece: a gzip bomb never inflates whole
                         raise too_big
+                    yield data
                 if sent_gzip and coder.unused_data:  # type: ignore[union-attr]
                     raise UpstreamError(f"{self.url}: bad gzip body: data after its end")
             if sent_gzip:
@@ -1755,11 +1836,20 @@ class Response:
                 digest.update(tail)
                 if not coder.eof:  # type: ignore[union-attr]
                     raise UpstreamError(f"{self.url}: bad gzip body: truncated")
+                yield tail
             else:
                 parts.append(coder.flush())
         except zlib.error as exc:
             raise UpstreamError(f"{self.url}: bad gzip body: {exc}") from None
-        return b"".join(parts), digest.hexdigest()
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamError(f"{self.url}: {exc or type(exc).__name__}") from None
+        self.kept, self.digest = b"".join(parts), digest.hexdigest()
+
+    def read_page(self, limit: int) -> tuple[bytes, str]:
+        """The whole page: its body gzip-compressed and its digest (see page_pieces)."""
+        for _ in self.page_pieces(limit):
+            pass
+        return self.kept, self.digest
 
     def close(self) -> None:
         """Keep the connection for reuse if the body was read to the end, else drop it."""
@@ -1849,31 +1939,42 @@ class Upstream:
             url = urllib.parse.urljoin(url, location)
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    def fetch(self, url: str, headers: dict[str, str], limit: int,
-              page: bool = False) -> Fetched:
-        """GET a whole (small) body; 5xx raises UpstreamError. A `page` body stays gzip
-        (Response.read_page), with the digest of its decoded bytes."""
+    def fetch(self, url: str, headers: dict[str, str], limit: int) -> Fetched:
+        """GET a whole (small) body; 5xx raises UpstreamError."""
         resp = self.open(url, {"Accept-Encoding": "gzip", **headers})
         try:
             if resp.status >= 500:
                 raise UpstreamError(f"{url}: upstream answered HTTP {resp.status}")
             if resp.status != 200:
                 return Fetched(resp.status, resp.headers, b"", resp.url)
-            if page:
-                body, digest = resp.read_page(limit)
-                return Fetched(200, resp.headers, body, resp.url, digest)
             return Fetched(resp.status, resp.headers, resp.read_all(limit), resp.url)
         except (OSError, http.client.HTTPException) as exc:
             raise UpstreamError(f"{url}: {exc or type(exc).__name__}") from None
         finally:
             resp.close()
 
-    def get_page(self, name: str, etag: str | None) -> Fetched:
-        """Conditional GET of a project page, preferring PEP 691 JSON (UP-9, CACHE-4)."""
-        headers = {"Accept": UPSTREAM_ACCEPT}
+    def open_page(self, name: str, etag: str | None) -> Response:
+        """Conditional GET of a project page, preferring PEP 691 JSON (UP-9, CACHE-4); the
+        caller reads the body (Response.page_pieces) and closes it. 5xx: UpstreamError."""
+        headers = {"Accept": UPSTREAM_ACCEPT, "Accept-Encoding": "gzip"}
         if etag:
             headers["If-None-Match"] = etag
-        return self.fetch(self.page_url(name), headers, MAX_PAGE_BYTES, page=True)
+        resp = self.open(self.page_url(name), headers)
+        if resp.status >= 500:
+            resp.close()
+            raise UpstreamError(f"{resp.url}: upstream answered HTTP {resp.status}")
+        return resp
+
+    def get_page(self, name: str, etag: str | None) -> Fetched:
+        """A project page, read whole (see open_page)."""
+        resp = self.open_page(name, etag)
+        try:
+            if resp.status != 200:
+                return Fetched(resp.status, resp.headers, b"", resp.url)
+            body, digest = resp.read_page(MAX_PAGE_BYTES)
+            return Fetched(200, resp.headers, body, resp.url, digest)
+        finally:
+            resp.close()
 
 
 def redact_url(url: str) -> str:
@@ -2129,6 +2230,7 @@ DOWNLOAD_DEADLINE = 1800.0  # longest a request waits for a download to finish
 MAX_RELAYED_RANGE = 16 * 1024 * 1024  # Range answers passed through from upstream
 HEAVY_BYTES = 128 * 1024  # pages this big (gzip) are parsed one at a time
 HEAVY_FILES = 2000  # and pages with this many files rendered one at a time
+HELPER_BYTES = 256 * 1024  # renders bigger than this are compressed on a helper thread
 STORED_FILES = 500  # pages with more files keep their stored body, not entries (StoredFiles)
 
 
@@ -2173,24 +2275,71 @@ class Variant:
         return iter_inflated(self.gzipped or self.plain or b"", CHUNK)  # plain: as it is
 
 
+class VariantBuilder:
+    """Render-once bytes for a page, compressed as they are added (a 6 MB page is never
+    held whole); gzip only where it pays (HTTP-4).
+
+    Past HELPER_BYTES the hashing and compressing move to a helper thread: zlib and
+    hashlib let go of the GIL, so they run on another core while the page is rendered
+    (pydantic-core: 70 ms of gzip off the critical path of a cold request). `close()`
+    (or `finish()`) ends the helper."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self._small: list[bytes] = []
+        self._packed: list[bytes] = []
+        self._size = 0
+        self._queue: queue.Queue[bytes | None] | None = None  # bounded: a few chunks ahead
+        self._helper: threading.Thread | None = None
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size < 1024:
+            self._small.append(chunk)
+        if self._queue is not None:
+            self._queue.put(chunk)
+            return
+        self._pack(chunk)
+        if self._size > HELPER_BYTES and self._helper is None:
+            self._queue = queue.Queue(8)
+            self._helper = threading.Thread(target=self._work, args=(self._queue,),
+                                            name="pytail-gzip", daemon=True)
+            self._helper.start()
+
+    def _pack(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self._packed.append(self._packer.compress(chunk))
+
+    def _work(self, chunks: queue.Queue[bytes | None]) -> None:
+        while (chunk := chunks.get()) is not None:
+            self._pack(chunk)
+
+    def close(self) -> None:
+        """End the helper thread, if one runs; chunks added later are packed here."""
+        if self._queue is not None:
+            self._queue.put(None)
+            self._queue = None
+            assert self._helper is not None
+            self._helper.join()
+
+    def finish(self) -> Variant:
+        self.close()
+        etag = f'"{self._digest.hexdigest()[:32]}"'
+        if self._size < 1024:
+            return Variant(b"".join(self._small), etag, None, None, self._size)
+        self._packed.append(self._packer.flush())
+        return Variant(None, etag, b"".join(self._packed), etag[:-1] + '-gz"', self._size)
+
+
 def make_variant(chunks: Iterable[bytes]) -> Variant:
-    """Render-once bytes for a page, compressed as they stream in (a 6 MB page is never
-    held whole); gzip only where it pays (HTTP-4)."""
-    digest, packer = hashlib.sha256(), zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    small: list[bytes] = []
-    packed: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        packed.append(packer.compress(chunk))
-        size += len(chunk)
-        if size < 1024:
-            small.append(chunk)
-    etag = f'"{digest.hexdigest()[:32]}"'
-    if size < 1024:
-        return Variant(b"".join(small), etag, None, None, size)
-    packed.append(packer.flush())
-    return Variant(None, etag, b"".join(packed), etag[:-1] + '-gz"', size)
+    builder = VariantBuilder()
+    try:
+        for chunk in chunks:
+            builder.add(chunk)
+        return builder.finish()
+    finally:
+        builder.close()
 
 
 def site_path(entry: FileEntry) -> str:
@@ -2225,15 +2374,16 @@ class StoredFiles:
     first parsed into are held until `release()`, after its first render, so a cold
     request parses once. JSON pages only: an HTML page has no offsets."""
 
-    def __init__(self, name: str, source: Fetched, page: ProjectPage) -> None:
-        self._name, self._source = name, source
-        self._held: list[FileEntry] | None = list(page.files)
-        self._count = len(self._held)
-        self.all_sized = page.sizes_known()
-        pairs = sorted(zip((hash(f.path) for f in self._held), page.offsets or []))
+    def __init__(self, source: Fetched, keys: Iterable[int], offsets: Iterable[int],
+                 all_sized: bool, held: list[FileEntry] | None = None) -> None:
+        """`keys` are the hashes of the kept files' paths, `offsets` where they start in
+        the body (duplicates are not kept); `held`, the entries, if already parsed."""
+        self._source, self._held, self.all_sized = source, held, all_sized
+        pairs = sorted(zip(keys, offsets))
+        self._count = len(pairs)
         self._keys = array.array("q", (key for key, _ in pairs))
         self._offsets = array.array("q", (offset for _, offset in pairs))
-        self._kept = array.array("q", sorted(self._offsets))  # duplicates are not in it
+        self._kept = array.array("q", sorted(self._offsets))
 
     def __len__(self) -> int:
         return self._count
@@ -2246,7 +2396,7 @@ class StoredFiles:
         """The files parsed again one at a time (a render holds one entry, not 15,000)."""
         kept = iter(self._kept)
         want = next(kept, None)
-        for entry, offset in iter_json_entries(self._source.body, self._source.url):
+        for entry, offset in iter_json_entries(iter_text(self._source.body), self._source.url):
             if offset == want:
                 entry.path = site_path(entry)
                 yield entry
@@ -2331,11 +2481,17 @@ class ProjectCache:
         with heavy:  # compressed size
             page = assign_paths(parse_page(name, fetched))
         if page.offsets is not None and len(page.files) > STORED_FILES:  # JSON pages
-            source = Fetched(200, {"content-type": fetched.headers.get("content-type", "")},
-                             fetched.body, fetched.url)
-            page.files = StoredFiles(name, source, page)
+            files = list(page.files)
+            page.files = StoredFiles(self._source(fetched), (hash(f.path) for f in files),
+                                     page.offsets, page.sizes_known(), files)
         page.offsets = None
         return page
+
+    @staticmethod
+    def _source(fetched: Fetched) -> Fetched:
+        """What a StoredFiles keeps of an upstream answer: the body, no headers."""
+        return Fetched(200, {"content-type": fetched.headers.get("content-type", "")},
+                       fetched.body, fetched.url)
 
     def _remember(self, state: PageState) -> PageState:
         with self._memory_lock:
@@ -2411,8 +2567,11 @@ class ProjectCache:
                 self._memory.clear()
         self._outside = (now, version)
 
-    def lookup(self, name: str, min_fetched: float = 0.0) -> tuple[PageState, str]:
-        """The page to serve for a normalised name and the cache outcome; NotFound if none."""
+    def lookup(self, name: str, min_fetched: float = 0.0,
+               want: tuple[str, str] | None = None) -> tuple[PageState, str]:
+        """The page to serve for a normalised name and the cache outcome; NotFound if none.
+        `want` (media type, link base) is the form the caller will render: a page fetched
+        now is rendered in that form while it arrives (_ingest)."""
         self._check_outside()
         if self.local:
             files = self.local.files(name)
@@ -2427,7 +2586,7 @@ class ProjectCache:
             try:
                 state = self._remembered(name) or self._load(name)
                 if not self._fresh(state, min_fetched):
-                    state, outcome = self._refresh(name, state)
+                    state, outcome = self._refresh(name, state, want)
             finally:
                 self._locks.release(name)
         assert state is not None
@@ -2445,14 +2604,24 @@ class ProjectCache:
             self._remember(state)
         return state
 
-    def _refresh(self, name: str, state: PageState | None) -> tuple[PageState, str]:
+    def _refresh(self, name: str, state: PageState | None,
+                 want: tuple[str, str] | None = None) -> tuple[PageState, str]:
         """Ask upstream (under the project's lock); serve what we have if it fails."""
         if self.upstream is None:
             if state is None:
                 raise NotFound(f"project {name!r} is not cached (offline)")
             return state, "HIT"
         try:
-            fetched = self.upstream.get_page(name, state.etag if state and state.page else None)
+            resp = self.upstream.open_page(name, state.etag if state and state.page else None)
+            try:
+                ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+                if resp.status == 200 and ctype == JSON_V1 and not (state and state.page):
+                    return self._ingest(name, resp, want)
+                fetched = Fetched(resp.status, resp.headers, b"", resp.url)
+                if resp.status == 200:
+                    fetched.body, fetched.digest = resp.read_page(MAX_PAGE_BYTES)
+            finally:
+                resp.close()
             return self._apply(name, state, fetched)
         except (UpstreamError, StorageError) as exc:
             if state is None or state.page is None:
@@ -2490,6 +2659,71 @@ class ProjectCache:
             [f for f in page.files if f.path in known])
         return self._remember(PageState(name, page, now, etag, digest)), "MISS"
 
+    def _ingest(self, name: str, resp: Response,
+                want: tuple[str, str] | None) -> tuple[PageState, str]:
+        """A JSON page not cached yet, in one pass as it arrives: parsed, indexed and, for
+        a JSON request, rendered. Parsing and rendering overlap the transfer, and a big
+        page (pydantic-core: 15,000 files) never exists as a list of entries."""
+        known = self.index.project_files(name)
+        members: dict[str, Any] = {}
+        seen: set[str] = set()
+        keys, offsets = array.array("q"), array.array("q")
+        held: list[FileEntry] = []
+        updates: list[FileEntry] = []
+        sized = [True, True]  # every file has a size: as upstream lists it, as rendered
+        render = want is not None and want[0] == JSON_V1
+        decorate = self._decorator(name, known)
+
+        def files() -> Iterator[FileEntry]:
+            texts = decode_pieces(resp.page_pieces(MAX_PAGE_BYTES))
+            for entry, offset in iter_json_entries(texts, resp.url, members):
+                entry.path = path = site_path(entry)
+                if path in seen:
+                    continue
+                seen.add(path)
+                keys.append(hash(path))
+                offsets.append(offset)
+                if len(held) <= STORED_FILES or (want and not render):
+                    held.append(entry)  # an HTML request renders from these next
+                if path in known:
+                    updates.append(entry)
+                sized[0] = sized[0] and entry.size is not None
+                entry = decorate(entry)
+                sized[1] = sized[1] and entry.size is not None
+                yield entry
+
+        builder = VariantBuilder()
+        try:
+            if render:
+                builder.add(json_page_head(name))
+                for piece in iter_json_file_pieces(files(), want[1]):  # type: ignore[index]
+                    builder.add(piece)
+            else:
+                for _ in files():
+                    pass
+            versions, status = json_page_members(members)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # untrusted input
+            raise UpstreamError(f"upstream page for {name!r} is unusable: "
+                                f"{type(exc).__name__}: {exc}") from None
+        finally:
+            builder.close()  # the helper thread, if one started; finish() needs no more
+        source = Fetched(200, resp.headers, resp.kept, resp.url, resp.digest)
+        page_files: Any = held
+        if len(keys) > STORED_FILES:
+            page_files = StoredFiles(self._source(source), keys, offsets, sized[0],
+                                     held if len(held) == len(keys) else None)
+        page = ProjectPage(name, page_files, versions or versions_of(page_files), status,
+                           all_sized=sized[0] if page_files is not held else None)
+        now, etag = self.clock(), resp.headers.get("etag")
+        self.index.save_project(ProjectRow(name, 200, etag, resp.digest, now, resp.kept,
+                                           resp.url, resp.headers.get("content-type", "")),
+                                updates)
+        state = PageState(name, page, now, etag, resp.digest)
+        if render:
+            builder.add(json_page_tail(page.versions, status, sized[1]))
+            state.rendered[want] = builder.finish()  # type: ignore[index]
+        return self._remember(state), "MISS"
+
     def variant(self, state: PageState, media: str, root_rel: str) -> Variant:
         """The rendered page for one media type and link base, rendered once per change."""
         key = (media, root_rel)
@@ -2509,19 +2743,28 @@ class ProjectCache:
             self._trim()
         return found
 
-    def _decorate(self, page: ProjectPage) -> ProjectPage:
-        """Add what pytail knows locally: metadata of cached wheels (META-7), sizes; offline,
-        list only files whose bytes are here. A big page is decorated as it streams."""
-        rows = self.index.project_files(normalize_name(page.name))
+    def _decorator(self, name: str, rows: dict[str, FileRow] | None = None
+                   ) -> Callable[[FileEntry], FileEntry]:
+        """Adds what pytail knows locally to a file: the metadata of a cached wheel
+        (META-7), a size upstream did not give."""
+        if rows is None:
+            rows = self.index.project_files(normalize_name(name))
 
         def decorated(entry: FileEntry) -> FileEntry:
-            row = rows.get(entry.path)
+            row = rows.get(entry.path)  # type: ignore[union-attr]
             if row and (row.metadata_sha256 or (entry.size is None and row.size is not None)):
                 return dataclasses.replace(
                     entry, core_metadata=row.metadata_sha256 or entry.core_metadata,
                     size=entry.size if entry.size is not None else row.size)
             return entry
 
+        return decorated
+
+    def _decorate(self, page: ProjectPage) -> ProjectPage:
+        """The page with what pytail knows locally (_decorator); offline, only the files
+        whose bytes are here. A big page is decorated as it streams."""
+        rows = self.index.project_files(normalize_name(page.name))
+        decorated = self._decorator(page.name, rows)
         if self.upstream is None:
             here = [decorated(e) for e in page.files if (r := rows.get(e.path)) and r.cached]
             versions = page.versions if len(here) == len(page.files) else versions_of(here)
@@ -3353,7 +3596,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # send it on every page request, which would defeat the TTL for all pip users.
         forced = "no-cache" in (self.headers.get("Cache-Control") or "").lower()
         state, self._outcome = cache.lookup(
-            route.name, cache.clock() - REFRESH_MIN_AGE if forced else 0.0)
+            route.name, cache.clock() - REFRESH_MIN_AGE if forced else 0.0,
+            (media, route.root_rel))
         variant = self.server.cache.variant(state, media, route.root_rel)
         self._send_page(variant, media, REVALIDATE if state.local
                         else f"max-age={PAGE_MAX_AGE_MIRROR}, public")

@@ -140,6 +140,7 @@ class FakeUpstream:
     file_fault: str | None = None  # '500', 'reset_mid', 'short', 'slow', 'redirect', 'loop'
     pad: int = 0  # bytes of padding in JSON pages (a 50 MB page)
     gzip_pages: str | None = None  # 'ok': gzip-encoded when accepted; 'bad', 'trailing': broken
+    page_fault: str | None = None  # 'cut': pages end early (valid HTTP); 'reset': mid-body
     url: str = ""
 
     def add(self, project: str, *paths: Path, requires_python: str | None = None) -> None:
@@ -231,6 +232,16 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
                 body = {"ok": body, "bad": body[:20] + b"junk" + body[24:],
                         "trailing": body + b"junk"}[up.gzip_pages]
                 headers["Content-Encoding"] = "gzip"
+            if up.page_fault == "cut":
+                body = body[: len(body) * 2 // 3]
+            if up.page_fault == "reset":
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
             self._send(200, body, ctype, headers)
 
         def _file(self, filename: str) -> None:
@@ -3229,6 +3240,53 @@ def test_broken_gzip_from_upstream_is_an_upstream_error(proxy: Proxy, upstream: 
     upstream.gzip_pages = fault
     status, _, body = proxy.request("/simple/alpha/")
     assert status == 502 and b"gzip" in body
+
+
+def _gzip_helpers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pytail-gzip"]
+
+
+@pytest.mark.parametrize("count", [3, pytail.STORED_FILES + 50])
+@pytest.mark.parametrize("accept", [UV_ACCEPT, "text/html"])
+def test_a_cold_page_is_rendered_as_it_arrives_like_any_later_render(
+        proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
+        count: int, accept: str) -> None:
+    """A page fetched for a request is parsed, indexed and rendered in one pass while it
+    arrives (ProjectCache._ingest), compressed on a helper thread; the bytes and ETag are
+    the same as those of the usual render from the stored page."""
+    monkeypatch.setattr(pytail, "HELPER_BYTES", 1)  # every render uses the helper thread
+    upstream.gzip_pages = "ok"
+    upstream.projects["big"] = [UpFile(f"big-{i}.0.tar.gz", b"data %d" % i, yanked=i == 1)
+                                for i in range(count)]
+    headers = {"Accept": accept, "Accept-Encoding": "gzip"}
+    cold = proxy.request("/simple/big/", headers=headers)
+    assert cold[0] == 200 and cold[1]["x-pytail-cache"] == "MISS"
+    proxy.server.cache._memory.clear()  # loaded again from SQLite, rendered the usual way
+    again = proxy.request("/simple/big/", headers=headers)
+    assert again[1]["x-pytail-cache"] == "HIT" and upstream.count("/simple/big/") == 1
+    assert cold[1]["etag"] == again[1]["etag"] and cold[2] == again[2]
+    body = gzip.decompress(cold[2]) if cold[1].get("content-encoding") else cold[2]
+    assert body.count(b"big-") >= count and (b"yanked" in body or b"data-yanked" in body)
+    if accept == UV_ACCEPT:
+        doc = json.loads(body)
+        assert [f["filename"] for f in doc["files"]] == [f"big-{i}.0.tar.gz" for i in range(count)]
+        assert doc["meta"]["api-version"] == pytail.API_VERSION and len(doc["versions"]) == count
+    assert not _gzip_helpers()
+    path = pytail.sha_path(sha(b"data 2"), "big-2.0.tar.gz")
+    assert proxy.request("/" + path)[2] == b"data 2"
+
+
+@pytest.mark.parametrize("fault", ["cut", "reset"])
+def test_a_page_that_breaks_off_is_a_502_and_leaves_nothing(
+        proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    monkeypatch.setattr(pytail, "HELPER_BYTES", 1)
+    upstream.projects["big"] = [UpFile(f"big-{i}.0.tar.gz", b"data %d" % i) for i in range(50)]
+    upstream.page_fault = fault
+    status, _, body = proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})
+    assert status == 502 and b"big" in body and not _gzip_helpers()
+    assert "big" not in proxy.server.cache._memory and proxy.server.cache.index.project("big") is None
+    upstream.page_fault = None
+    assert len(proxy.get_json("/simple/big/")["files"]) == 50
 
 
 @pytest.mark.parametrize("json_pages", [True, False])
