@@ -604,7 +604,7 @@ def _project_status(value: Any) -> dict[str, str] | None:
 
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
-_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])")  # after an element of an array
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")  # after an element of an array
 
 
 def inflate_pieces(inflater: Any, data: bytes, size: int = TEXT_CHUNK) -> Iterator[bytes]:
@@ -726,28 +726,31 @@ class _JsonReader:
 
     def elements(self) -> Iterator[tuple[Any, int]]:
         """The values of the array whose '[' was just taken, with their offsets, up to its
-        ']'. The fast path decodes straight from the window; a value cut off by the end of
-        the window, or anything unusual, goes the careful way (value, after)."""
+        ']'. The fast path decodes value after value straight from the window; a value cut
+        off by the end of the window, or anything unusual, goes the careful way."""
         if self.take("]"):
             return
-        scan = self._decoder.scan_once
+        scan, separator = self._decoder.scan_once, _SEPARATOR.match
         while True:
             self.peek()
-            text, pos = self.text, self.pos
-            start = self._dropped + pos
-            try:
-                value, end = scan(text, pos)
-                sep = _SEPARATOR.match(text, end)
-            except (StopIteration, ValueError):
-                sep = None
-            if sep is None:
-                yield self.value(), start
-                if self.after("]"):
+            text, pos, dropped = self.text, self.pos, self._dropped
+            while True:
+                try:
+                    value, end = scan(text, pos)
+                except (StopIteration, ValueError):
+                    break
+                sep = separator(text, end)
+                if sep is None:
+                    break
+                self.pos = sep.end()
+                yield value, dropped + pos
+                if sep.group(1) == "]":
                     return
-                continue
-            self.pos = sep.end()
-            yield value, start
-            if sep.group(1) == "]":
+                pos = self.pos
+            self.peek()
+            start = self.where
+            yield self.value(), start
+            if self.after("]"):
                 return
 
     def after(self, close: str) -> bool:
@@ -1783,7 +1786,9 @@ class Response:
         return int(value) if value.isdigit() else None
 
     def read(self, size: int = CHUNK) -> bytes:
-        return self._resp.read(size)
+        """What has arrived, at most `size` bytes (b'' at the end): a stream goes on at the
+        pace upstream sends, not in whole chunks."""
+        return self._resp.read1(size)
 
     def read_all(self, limit: int) -> bytes:
         """The whole body (decoded from gzip if so sent), at most `limit` bytes."""
@@ -1818,7 +1823,7 @@ class Response:
         digest, parts, size, raw = hashlib.sha256(), [], 0, 0
         too_big = UpstreamError(f"{self.url}: response larger than {limit} bytes")
         try:
-            while chunk := self._resp.read(CHUNK):
+            while chunk := self._resp.read1(CHUNK):
                 raw += len(chunk)
                 if raw > limit:
                     raise too_big
@@ -2674,22 +2679,29 @@ class ProjectCache:
         render = want is not None and want[0] == JSON_V1
         decorate = self._decorator(name, known)
 
-        def files() -> Iterator[FileEntry]:
+        def files() -> Iterator[FileEntry]:  # the hot loop of a cold request: kept flat
             texts = decode_pieces(resp.page_pieces(MAX_PAGE_BYTES))
-            for entry, offset in iter_json_entries(texts, resp.url, members):
+            base, hold_all = resp.url, want is not None and not render
+            for item, offset in iter_json_files(texts, members):
+                entry = _entry_from_json(item, base) if type(item) is dict else None
+                if entry is None:
+                    continue
                 entry.path = path = site_path(entry)
                 if path in seen:
                     continue
                 seen.add(path)
                 keys.append(hash(path))
                 offsets.append(offset)
-                if len(held) <= STORED_FILES or (want and not render):
+                if hold_all or len(held) <= STORED_FILES:
                     held.append(entry)  # an HTML request renders from these next
-                if path in known:
-                    updates.append(entry)
-                sized[0] = sized[0] and entry.size is not None
-                entry = decorate(entry)
-                sized[1] = sized[1] and entry.size is not None
+                if entry.size is None:
+                    sized[0] = False
+                if known:
+                    if path in known:
+                        updates.append(entry)
+                    entry = decorate(entry)
+                if entry.size is None:
+                    sized[1] = False
                 yield entry
 
         builder = VariantBuilder()
@@ -3629,7 +3641,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             download.wait(lambda: False, DOWNLOAD_DEADLINE)
         if download.done and download.final:
             return self._send_file(download.final, etag, IMMUTABLE)
-        if not download.done or download.length is None:
+        if download.length is None:  # not done by DOWNLOAD_DEADLINE, and nothing to tee by
             raise UpstreamError(f"{row.filename}: upstream is too slow")
         if self._head:
             return self._send_head(200, {"Accept-Ranges": "bytes",

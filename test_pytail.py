@@ -989,6 +989,34 @@ def test_sixteen_concurrent_file_requests_one_upstream_fetch(
     assert upstream.count("/files/") == 1
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_long_download_streams_to_its_clients(proxy: Proxy, upstream: FakeUpstream, dists: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                corrupt: bool) -> None:  # FILE-7
+    """Past STREAM_AFTER_SECS a download is sent as it arrives (tee), all but its last byte
+    until the sha256 checked out: a bad file never reaches a client whole."""
+    monkeypatch.setattr(pytail, "STREAM_AFTER_SECS", 0.1)
+    big = make_wheel(dists, "bigpkg", "1.0", payload=3_000_000)
+    upstream.add("bigpkg", big)
+    if corrupt:
+        upstream.corrupt.add(big.name)
+    url = proxy.file_url("bigpkg", big.name)
+    upstream.gate = threading.Event()
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.server.server_address[1], timeout=20)
+    conn.request("GET", url)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("X-Pytail-Cache") == "MISS"
+    half = resp.read(len(big.read_bytes()) // 3)  # arrived while upstream is stalled
+    upstream.gate.set()
+    if corrupt:
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+    else:
+        assert half + resp.read() == big.read_bytes()
+    conn.close()
+    assert proxy.server.store.exists(url.lstrip("/")) is not corrupt
+
+
 def test_metadata_from_upstream_is_verified(proxy: Proxy, upstream: FakeUpstream,
                                             alpha: Path) -> None:  # META-1/2/6
     page = proxy.get_json("/simple/alpha/")
