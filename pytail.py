@@ -103,6 +103,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
+IDLE_CONNECTIONS = 32  # kept-alive upstream connections per host (uv asks for ~30 at once)
 LOCAL_RESCAN_SECS = 2.0  # a full stat of the packages directory at most this often
 FILES_PREFIX = "root/pypi/+f/"
 PACKAGES_PREFIX = "packages/"
@@ -1898,7 +1899,7 @@ class Upstream:
     def _release(self, key: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
-            if len(idle) < 8:
+            if len(idle) < IDLE_CONNECTIONS:
                 idle.append(conn)
                 return
         conn.close()
