@@ -45,9 +45,11 @@ import html
 import http.client
 import http.server
 import io
+import itertools
 import json
 import logging
 import marshal
+import math
 import os
 import queue
 import re
@@ -598,7 +600,8 @@ def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None
 
 def _project_status(value: Any) -> dict[str, str] | None:
     """A PEP 792 status object, or None when absent or not one of the four words (HTML-8)."""
-    if not isinstance(value, dict) or value.get("status") not in _PROJECT_STATUSES:
+    if not isinstance(value, dict) or not isinstance(value.get("status"), str) \
+            or value["status"] not in _PROJECT_STATUSES:
         return None
     return {k: str(v) for k, v in value.items() if k in ("status", "reason") and v}
 
@@ -656,13 +659,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN/Infinity would be re-emitted as invalid JSON
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text} is out of range")  # 1e999: would come out as Infinity
+    return value
+
+
 class _JsonReader:
     """A window over JSON text that arrives in pieces: values are decoded from the front
     and the consumed text is dropped, so a 7 MB page is never one string in memory."""
 
     def __init__(self, chunks: Iterator[str]) -> None:
         self._chunks, self._ended = chunks, False
-        self._decoder = json.JSONDecoder(parse_constant=_no_constant)
+        self._decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
         self.text, self.pos, self._dropped = "", 0, 0
 
     @property
@@ -887,12 +897,12 @@ def parse_project_html(name: str, body: bytes, base_url: str) -> ProjectPage:
     return ProjectPage(name, files, versions_of(files), status)
 
 
-def versions_of(files: Iterable[FileEntry]) -> list[str]:
-    """Distinct versions of the files, from their filenames, in release order (UP-11)."""
+def versions_of(files: Iterable[FileEntry | str]) -> list[str]:
+    """Distinct versions of the files (entries or filenames), in release order (UP-11)."""
     found = set()
     for entry in files:
         try:
-            found.add(parse_dist_filename(entry.filename)[1])
+            found.add(parse_dist_filename(entry if isinstance(entry, str) else entry.filename)[1])
         except ValueError:
             continue
     return sorted(found, key=version_key)
@@ -908,10 +918,10 @@ def _batches(lines: Iterable[str], size: int = 256) -> Iterator[bytes]:
     for line in lines:
         batch.append(line)
         if len(batch) >= size:
-            yield "".join(batch).encode()
+            yield "".join(batch).encode(errors="replace")
             batch = []
     if batch:
-        yield "".join(batch).encode()
+        yield "".join(batch).encode(errors="replace")
 
 
 def iter_project_html(page: ProjectPage, root_rel: str,
@@ -929,7 +939,7 @@ def iter_project_html(page: ProjectPage, root_rel: str,
                         f'content="{_attr(page.status["reason"])}">')
     head += [f"    <title>Links for {_attr(page.name)}</title>", "  </head>", "  <body>",
              f"    <h1>Links for {_attr(page.name)}</h1>", ""]
-    yield "\n".join(head).encode()
+    yield "\n".join(head).encode(errors="replace")  # a lone surrogate from JSON: "?"
     yield from _batches(f"    {_anchor(entry, root_rel, extended)}<br>\n"
                         for entry in page.files)
     yield b"  </body>\n</html>\n"
@@ -1837,6 +1847,8 @@ class Response:
                     yield data
                 if sent_gzip and coder.unused_data:  # type: ignore[union-attr]
                     raise UpstreamError(f"{self.url}: bad gzip body: data after its end")
+            if self._resp.length:  # the connection ended before Content-Length said
+                raise UpstreamError(f"{self.url}: body cut short")
             if sent_gzip:
                 tail = coder.flush()
                 digest.update(tail)
@@ -1859,6 +1871,9 @@ class Response:
 
     def close(self) -> None:
         """Keep the connection for reuse if the body was read to the end, else drop it."""
+        resp = self._resp
+        if not resp.isclosed() and not resp.chunked and resp.length == 0:
+            resp.read()  # before Python 3.13, read1() leaves a finished response open
         if self._resp.isclosed() and not self._resp.will_close:
             self._upstream._release(self._key, self._conn)
         else:
@@ -1887,11 +1902,16 @@ class Upstream:
         """Upstream URL of a project page, always normalised and slashed (UP-9)."""
         return f"{self.simple_base}{urllib.parse.quote(name)}/"
 
-    def _connect(self, key: tuple[str, str, int]) -> http.client.HTTPConnection:
+    def _connect(self, key: tuple[str, str, int], fresh: bool = False
+                 ) -> http.client.HTTPConnection:
         with self._lock:
             idle = self._idle.get(key)
-            if idle:
+            if idle and not fresh:
                 return idle.pop()
+            if idle:  # one went stale: the others are as old, so drop them all
+                for conn in idle:
+                    conn.close()
+                idle.clear()
         scheme, host, port = key
         cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
         return cls(host, port, timeout=self.timeout)
@@ -1915,7 +1935,7 @@ class Upstream:
         if self._auth and (parts.scheme, parts.netloc) == self._auth_origin:
             headers["Authorization"] = self._auth
         for attempt in (0, 1):
-            conn = self._connect(key)
+            conn = self._connect(key, fresh=attempt == 1)
             try:
                 conn.request(method, target, headers=headers)
                 response = Response(self, key, conn, conn.getresponse(), url)
@@ -1970,17 +1990,6 @@ class Upstream:
             resp.close()
             raise UpstreamError(f"{resp.url}: upstream answered HTTP {resp.status}")
         return resp
-
-    def get_page(self, name: str, etag: str | None) -> Fetched:
-        """A project page, read whole (see open_page)."""
-        resp = self.open_page(name, etag)
-        try:
-            if resp.status != 200:
-                return Fetched(resp.status, resp.headers, b"", resp.url)
-            body, digest = resp.read_page(MAX_PAGE_BYTES)
-            return Fetched(200, resp.headers, body, resp.url, digest)
-        finally:
-            resp.close()
 
 
 def redact_url(url: str) -> str:
@@ -2298,6 +2307,7 @@ class VariantBuilder:
         self._size = 0
         self._queue: queue.Queue[bytes | None] | None = None  # bounded: a few chunks ahead
         self._helper: threading.Thread | None = None
+        self._failed: BaseException | None = None  # what stopped the helper, if anything
 
     def add(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -2308,18 +2318,28 @@ class VariantBuilder:
             return
         self._pack(chunk)
         if self._size > HELPER_BYTES and self._helper is None:
-            self._queue = queue.Queue(8)
-            self._helper = threading.Thread(target=self._work, args=(self._queue,),
-                                            name="pytail-gzip", daemon=True)
-            self._helper.start()
+            chunks: queue.Queue[bytes | None] = queue.Queue(8)
+            helper = threading.Thread(target=self._work, args=(chunks,), name="pytail-gzip",
+                                      daemon=True)
+            self._helper = helper  # tried once: without a thread, packing goes on here
+            try:
+                helper.start()
+            except RuntimeError:
+                return
+            self._queue = chunks
 
     def _pack(self, chunk: bytes) -> None:
         self._digest.update(chunk)
         self._packed.append(self._packer.compress(chunk))
 
     def _work(self, chunks: queue.Queue[bytes | None]) -> None:
-        while (chunk := chunks.get()) is not None:
-            self._pack(chunk)
+        try:
+            while (chunk := chunks.get()) is not None:
+                self._pack(chunk)
+        except BaseException as exc:  # e.g. MemoryError: say so in finish(), never block add()
+            self._failed = exc
+            while chunks.get() is not None:
+                pass
 
     def close(self) -> None:
         """End the helper thread, if one runs; chunks added later are packed here."""
@@ -2331,6 +2351,8 @@ class VariantBuilder:
 
     def finish(self) -> Variant:
         self.close()
+        if self._failed is not None:
+            raise self._failed
         etag = f'"{self._digest.hexdigest()[:32]}"'
         if self._size < 1024:
             return Variant(b"".join(self._small), etag, None, None, self._size)
@@ -2477,8 +2499,10 @@ class ProjectCache:
         self._memory: OrderedDict[str, PageState] = OrderedDict()
         self._memory_lock = threading.Lock()
         self._locks = KeyedLocks()
-        # Big pages are parsed and rendered one at a time: the GIL allows no parallelism
-        # there anyway, and it bounds peak memory to one big page's worth.
+        # Big pages loaded from SQLite are parsed, and big renders made, one at a time: the
+        # GIL allows no parallelism there anyway, and it bounds peak memory to one big
+        # page's entries. A cold page (_ingest) holds no list of entries and runs alongside
+        # its transfer, so it does not queue here.
         self._heavy = threading.Lock()
         self._outside = (0.0, -1)  # (when checked, index data_version): see _check_outside
 
@@ -2676,6 +2700,7 @@ class ProjectCache:
         keys, offsets = array.array("q"), array.array("q")
         held: list[FileEntry] = []
         updates: list[FileEntry] = []
+        names: list[str] = []  # for the versions, if upstream lists none
         sized = [True, True]  # every file has a size: as upstream lists it, as rendered
         render = want is not None and want[0] == JSON_V1
         decorate = self._decorator(name, known)
@@ -2691,6 +2716,7 @@ class ProjectCache:
                 if path in seen:
                     continue
                 seen.add(path)
+                names.append(entry.filename)
                 keys.append(hash(path))
                 offsets.append(offset)
                 if hold_all or len(held) <= STORED_FILES:
@@ -2715,7 +2741,9 @@ class ProjectCache:
                 for _ in files():
                     pass
             versions, status = json_page_members(members)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # untrusted input
+        except PytailError:
+            raise
+        except Exception as exc:  # untrusted input: any parse failure is upstream's
             raise UpstreamError(f"upstream page for {name!r} is unusable: "
                                 f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -2725,15 +2753,16 @@ class ProjectCache:
         if len(keys) > STORED_FILES:
             page_files = StoredFiles(self._source(source), keys, offsets, sized[0],
                                      held if len(held) == len(keys) else None)
-        page = ProjectPage(name, page_files, versions or versions_of(page_files), status,
+        page = ProjectPage(name, page_files, versions or versions_of(names), status,
                            all_sized=sized[0] if page_files is not held else None)
         now, etag = self.clock(), resp.headers.get("etag")
         self.index.save_project(ProjectRow(name, 200, etag, resp.digest, now, resp.kept,
                                            resp.url, resp.headers.get("content-type", "")),
                                 updates)
         state = PageState(name, page, now, etag, resp.digest)
-        if render:
-            builder.add(json_page_tail(page.versions, status, sized[1]))
+        if render:  # what a later render would say: StoredFiles keep upstream's flag
+            builder.add(json_page_tail(page.versions, status,
+                                       sized[1] if page_files is held else sized[0]))
             state.rendered[want] = builder.finish()  # type: ignore[index]
         return self._remember(state), "MISS"
 
@@ -3580,13 +3609,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if self._sent != end - start + 1:  # the file shrank under us
                     self.close_connection = True
 
-    def _stream(self, download: Download, timeout: float) -> None:
+    def _stream(self, download: Download, etag: str, timeout: float) -> None:
         """Tee: send an uncached file while it downloads (FILE-7)."""
         assert download.length is not None
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
-                   "Cache-Control": IMMUTABLE, "X-Pytail-Cache": self._outcome}
+                   "ETag": etag, "Cache-Control": IMMUTABLE, "X-Pytail-Cache": self._outcome}
+        if self._head:
+            return self._send_head(200, headers, download.length)
+        chunks = download.chunks(timeout)
+        first = next(chunks, b"")  # a download that failed by now still gets a clean 502
         self._send_head(200, headers, download.length)
-        for chunk in download.chunks(timeout):
+        for chunk in itertools.chain((first,), chunks):
             self.wfile.write(chunk)
             self._sent += len(chunk)
         if self._sent != download.length:  # never leave a keep-alive peer out of step
@@ -3644,11 +3677,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send_file(download.final, etag, IMMUTABLE)
         if download.length is None:  # not done by DOWNLOAD_DEADLINE, and nothing to tee by
             raise UpstreamError(f"{row.filename}: upstream is too slow")
-        if self._head:
-            return self._send_head(200, {"Accept-Ranges": "bytes",
-                                         "Content-Type": "application/octet-stream"},
-                                   download.length)
-        self._stream(download, timeout)
+        self._stream(download, etag, timeout)
 
     def _relay_range(self, row: FileRow) -> bool:
         """Answer a Range request from upstream while the whole file downloads; False when

@@ -141,6 +141,9 @@ class FakeUpstream:
     pad: int = 0  # bytes of padding in JSON pages (a 50 MB page)
     gzip_pages: str | None = None  # 'ok': gzip-encoded when accepted; 'bad', 'trailing': broken
     page_fault: str | None = None  # 'cut': pages end early (valid HTTP); 'reset': mid-body
+    sizes: bool = True  # JSON pages give each file's size
+    extra: dict[str, Any] = field(default_factory=dict)  # more members of every JSON page
+    connections: int = 0  # TCP connections accepted
     url: str = ""
 
     def add(self, project: str, *paths: Path, requires_python: str | None = None) -> None:
@@ -160,6 +163,7 @@ class FakeUpstream:
                    "versions": [], "files": [self._json_file(f) for f in files]}
             if self.pad:
                 doc["x-padding"] = "x" * self.pad
+            doc.update(self.extra)
             return "application/vnd.pypi.simple.v1+json", json.dumps(doc).encode()
         links = "".join(self._anchor(f) for f in files)
         return "text/html", f"<!DOCTYPE html><html><body>{links}</body></html>".encode()
@@ -169,6 +173,8 @@ class FakeUpstream:
                 "hashes": {"sha256": sha(f.data)}, "requires-python": f.requires_python,
                 "size": len(f.data), "upload-time": "2024-01-02T03:04:05.000000Z",
                 "yanked": f.yanked, "provenance": None, "x-unknown": {"kept": True}}
+        if not self.sizes:
+            del item["size"]
         if self.metadata and f.metadata is not None:
             item["core-metadata"] = {"sha256": sha(f.metadata)}
         return item
@@ -196,6 +202,10 @@ class FakeUpstream:
 def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestHandler]:
     class UpstreamHandler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            up.connections += 1
+            super().setup()
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -238,8 +248,13 @@ def make_upstream_handler(up: FakeUpstream) -> type[http.server.BaseHTTPRequestH
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 self.close_connection = True
                 return
             self._send(200, body, ctype, headers)
@@ -1007,6 +1022,9 @@ def test_a_long_download_streams_to_its_clients(proxy: Proxy, upstream: FakeUpst
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("X-Pytail-Cache") == "MISS"
     half = resp.read(len(big.read_bytes()) // 3)  # arrived while upstream is stalled
+    status, headers, body = proxy.request(url, method="HEAD")  # meanwhile: the same headers
+    assert status == 200 and body == b"" and headers["etag"] == resp.getheader("ETag")
+    assert headers["content-length"] == str(big.stat().st_size)
     upstream.gate.set()
     if corrupt:
         with pytest.raises(http.client.IncompleteRead):
@@ -3270,46 +3288,99 @@ def test_broken_gzip_from_upstream_is_an_upstream_error(proxy: Proxy, upstream: 
     assert status == 502 and b"gzip" in body
 
 
+@pytest.mark.parametrize("member", [{"x-big": 1e999}, {"x-big": [1, -1e999]}])
+def test_a_number_json_cannot_hold_makes_the_page_unusable(proxy: Proxy, upstream: FakeUpstream,
+                                                           alpha: Path, member: dict) -> None:
+    """1e999 would be decoded as infinity and written back as `Infinity`: not JSON."""
+    upstream.extra = member
+    status, _, body = proxy.request("/simple/alpha/", headers={"Accept": UV_ACCEPT})
+    assert status == 502 and b"unusable" in body
+
+
+def test_odd_project_status_values_are_dropped_not_a_crash(proxy: Proxy, upstream: FakeUpstream,
+                                                          alpha: Path) -> None:  # HTML-8
+    upstream.extra = {"project-status": {"status": ["archived"]}}
+    upstream.projects["alpha"][0].requires_python = ">=3.8\ud800"  # a lone surrogate
+    doc = proxy.get_json("/simple/alpha/")
+    assert "project-status" not in doc
+    assert doc["files"][0]["requires-python"] == ">=3.8\ud800"
+    status, _, body = proxy.request("/simple/alpha/", headers={"Accept": "text/html"})
+    assert status == 200 and b'data-requires-python="&gt;=3.8?"' in body
+
+
+def test_upstream_connections_are_reused(proxy: Proxy, upstream: FakeUpstream,
+                                         alpha: Path) -> None:
+    upstream.gzip_pages = "ok"
+    for name in ("alpha", "beta", "gamma"):
+        upstream.projects.setdefault(name, upstream.projects["alpha"])
+        assert proxy.request(f"/simple/{name}/", headers={"Accept": UV_ACCEPT})[0] == 200
+    url = proxy.file_url("alpha", alpha.name)
+    assert proxy.request(url)[0] == 200 and proxy.request(url + ".metadata")[0] == 200
+    assert upstream.connections == 1
+
+
 def _gzip_helpers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "pytail-gzip"]
 
 
-@pytest.mark.parametrize("count", [3, pytail.STORED_FILES + 50])
+@pytest.mark.parametrize("count", [3, pytail.STORED_FILES + 1, pytail.STORED_FILES + 50])
 @pytest.mark.parametrize("accept", [UV_ACCEPT, "text/html"])
+@pytest.mark.parametrize("known", [False, True])  # files of the page already in the index
 def test_a_cold_page_is_rendered_as_it_arrives_like_any_later_render(
         proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
-        count: int, accept: str) -> None:
+        count: int, accept: str, known: bool) -> None:
     """A page fetched for a request is parsed, indexed and rendered in one pass while it
     arrives (ProjectCache._ingest), compressed on a helper thread; the bytes and ETag are
     the same as those of the usual render from the stored page."""
     monkeypatch.setattr(pytail, "HELPER_BYTES", 1)  # every render uses the helper thread
     upstream.gzip_pages = "ok"
+    upstream.sizes = not known  # sizes then come from the index (decoration)
     upstream.projects["big"] = [UpFile(f"big-{i}.0.tar.gz", b"data %d" % i, yanked=i == 1)
                                 for i in range(count)]
+    upstream.projects["big"].append(UpFile("big-0.0.tar.gz", b"data 0"))  # a duplicate
+    upstream.projects["big"].append(UpFile("../evil-1.0.tar.gz", b"x"))  # unusable
     headers = {"Accept": accept, "Accept-Encoding": "gzip"}
+    if known:  # a file downloaded before, then the page forgotten: the index knows its size
+        path = "/" + pytail.sha_path(sha(b"data 2"), "big-2.0.tar.gz")
+        assert proxy.request("/simple/big/")[0] == 200 and proxy.request(path)[0] == 200
+        with sqlite3.connect(Path(proxy.config.cache_dir, "index.sqlite3")) as db:
+            db.execute("DELETE FROM projects")
+        proxy.server.cache._memory.clear()
+    ingested = []
+    real_ingest = pytail.ProjectCache._ingest
+    monkeypatch.setattr(pytail.ProjectCache, "_ingest", lambda self, *args: ingested.append(
+        args[2]) or real_ingest(self, *args))
     cold = proxy.request("/simple/big/", headers=headers)
     assert cold[0] == 200 and cold[1]["x-pytail-cache"] == "MISS"
+    assert ingested[-1][0] == (pytail.JSON_V1 if accept == UV_ACCEPT else pytail.TEXT_HTML)
     proxy.server.cache._memory.clear()  # loaded again from SQLite, rendered the usual way
     again = proxy.request("/simple/big/", headers=headers)
-    assert again[1]["x-pytail-cache"] == "HIT" and upstream.count("/simple/big/") == 1
+    assert again[1]["x-pytail-cache"] == "HIT" and upstream.count("/simple/big/") == 1 + known
     assert cold[1]["etag"] == again[1]["etag"] and cold[2] == again[2]
     body = gzip.decompress(cold[2]) if cold[1].get("content-encoding") else cold[2]
     assert body.count(b"big-") >= count and (b"yanked" in body or b"data-yanked" in body)
     if accept == UV_ACCEPT:
         doc = json.loads(body)
         assert [f["filename"] for f in doc["files"]] == [f"big-{i}.0.tar.gz" for i in range(count)]
-        assert doc["meta"]["api-version"] == pytail.API_VERSION and len(doc["versions"]) == count
+        assert len(doc["versions"]) == count
+        sizes = [f.get("size") for f in doc["files"]]
+        assert sizes == ([None, None, 6] + [None] * (count - 3) if known else
+                         [len(b"data %d" % i) for i in range(count)])
+        assert doc["meta"]["api-version"] == (pytail.API_VERSION_NO_SIZE if known
+                                              else pytail.API_VERSION)
     assert not _gzip_helpers()
     path = pytail.sha_path(sha(b"data 2"), "big-2.0.tar.gz")
     assert proxy.request("/" + path)[2] == b"data 2"
 
 
 @pytest.mark.parametrize("fault", ["cut", "reset"])
+@pytest.mark.parametrize("gzip_pages", [None, "ok"])
 def test_a_page_that_breaks_off_is_a_502_and_leaves_nothing(
-        proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+        proxy: Proxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, fault: str,
+        gzip_pages: str | None) -> None:
     monkeypatch.setattr(pytail, "HELPER_BYTES", 1)
     upstream.projects["big"] = [UpFile(f"big-{i}.0.tar.gz", b"data %d" % i) for i in range(50)]
-    upstream.page_fault = fault
+    upstream.page_fault, upstream.gzip_pages = fault, gzip_pages
     status, _, body = proxy.request("/simple/big/", headers={"Accept": UV_ACCEPT})
     assert status == 502 and b"big" in body and not _gzip_helpers()
     assert "big" not in proxy.server.cache._memory and proxy.server.cache.index.project("big") is None
