@@ -38,13 +38,11 @@ import dataclasses
 import datetime
 import email.parser
 import email.utils
-import gzip
 import hashlib
 import hmac
 import html
 import http.client
 import http.server
-import io
 import itertools
 import json
 import logging
@@ -534,7 +532,9 @@ def _metadata_value(value: Any) -> str | None:
 def _file_url(base_url: str, href: str) -> tuple[str, str | None] | None:
     """(absolute URL without fragment, sha256 or None), or None for unsafe schemes."""
     if href.startswith(("https://", "http://")):
-        url = href  # the common case, without urljoin's cost (15,000 links on a page)
+        if "#" not in href:
+            return href, None  # the common case: 15,000 links on a page, nothing to do
+        url = href
     else:
         url = urllib.parse.urljoin(base_url, href)
         if not url.startswith(("https://", "http://")):
@@ -552,11 +552,6 @@ def _filename_of(url: str) -> str | None:
     return name if is_safe_filename(name) and dist_kind(name) else None
 
 
-def _text(value: Any) -> str | None:
-    """A non-empty string from untrusted JSON, or None."""
-    return value if isinstance(value, str) and value else None
-
-
 def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None:
     """A FileEntry from one PEP 691 file object, or None when it is unusable. Called
     15,000 times for a big page, on a cold request's critical path: every step counts."""
@@ -564,13 +559,8 @@ def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None
     url, filename = get("url"), get("filename")
     if type(url) is not str or type(filename) is not str:
         return None
-    url_sha = None
-    if "#" in url or not url.startswith(("https://", "http://")):
-        target = _file_url(base_url, url)
-        if target is None:
-            return None
-        url, url_sha = target
-    if not is_safe_filename(filename) or not dist_kind(filename):
+    target = _file_url(base_url, url)
+    if target is None or not is_safe_filename(filename) or not dist_kind(filename):
         return None
     hashes = get("hashes")
     sha = hashes.get("sha256") if type(hashes) is dict else None
@@ -586,7 +576,7 @@ def _entry_from_json(item: Mapping[str, Any], base_url: str) -> FileEntry | None
     yanked, size, provenance = get("yanked"), get("size"), get("provenance")
     requires, uploaded = get("requires-python"), get("upload-time")
     return FileEntry(
-        filename, "", url, sha or url_sha,
+        filename, "", target[0], sha or target[1],
         requires if type(requires) is str and requires else None,
         (yanked if type(yanked) is str and yanked else "" if yanked else None),
         size if type(size) is int and size >= 0 else None,
@@ -1876,7 +1866,7 @@ class Response:
         resp = self._resp
         if not resp.isclosed() and not resp.chunked and resp.length == 0:
             resp.read()  # before Python 3.13, read1() leaves a finished response open
-        if self._resp.isclosed() and not self._resp.will_close:
+        if resp.isclosed() and not resp.will_close:
             self._upstream._release(self._key, self._conn)
         else:
             self._conn.close()
@@ -2379,19 +2369,21 @@ def site_path(entry: FileEntry) -> str:
         f"{FILES_PREFIX}_url/{url_digest(entry.url)}/{entry.filename}"
 
 
+def unique_paths(pairs: Iterable[tuple[FileEntry, int]]) -> Iterator[tuple[FileEntry, int]]:
+    """Upstream files (with their offsets) given their site paths, duplicates dropped."""
+    seen: set[str] = set()
+    for entry, offset in pairs:
+        entry.path = path = site_path(entry)
+        if path not in seen:
+            seen.add(path)
+            yield entry, offset
+
+
 def assign_paths(page: ProjectPage) -> ProjectPage:
     """Give upstream files their site paths; drop duplicates (and their offsets)."""
-    seen: set[str] = set()
-    files, offsets = [], []
-    for i, entry in enumerate(page.files):
-        entry.path = site_path(entry)
-        if entry.path not in seen:
-            seen.add(entry.path)
-            files.append(entry)
-            if page.offsets is not None:
-                offsets.append(page.offsets[i])
-    page.files = files
-    page.offsets = offsets if page.offsets is not None else None
+    pairs = list(unique_paths(zip(page.files, page.offsets or itertools.repeat(-1))))
+    page.files = [entry for entry, _ in pairs]
+    page.offsets = [offset for _, offset in pairs] if page.offsets is not None else None
     return page
 
 
@@ -2514,16 +2506,16 @@ class ProjectCache:
             page = assign_paths(parse_page(name, fetched))
         if page.offsets is not None and len(page.files) > STORED_FILES:  # JSON pages
             files = list(page.files)
-            page.files = StoredFiles(self._source(fetched), (hash(f.path) for f in files),
+            page.files = StoredFiles(self._source(fetched.headers, fetched.body, fetched.url),
+                                     (hash(f.path) for f in files),
                                      page.offsets, page.sizes_known(), files)
         page.offsets = None
         return page
 
     @staticmethod
-    def _source(fetched: Fetched) -> Fetched:
+    def _source(headers: Mapping[str, str], body: bytes, url: str) -> Fetched:
         """What a StoredFiles keeps of an upstream answer: the body, no headers."""
-        return Fetched(200, {"content-type": fetched.headers.get("content-type", "")},
-                       fetched.body, fetched.url)
+        return Fetched(200, {"content-type": headers.get("content-type", "")}, body, url)
 
     def _remember(self, state: PageState) -> PageState:
         with self._memory_lock:
@@ -2698,7 +2690,6 @@ class ProjectCache:
         page (pydantic-core: 15,000 files) never exists as a list of entries."""
         known = self.index.project_files(name)
         members: dict[str, Any] = {}
-        seen: set[str] = set()
         keys, offsets = array.array("q"), array.array("q")
         held: list[FileEntry] = []
         updates: list[FileEntry] = []
@@ -2707,17 +2698,11 @@ class ProjectCache:
         render = want is not None and want[0] == JSON_V1
         decorate = self._decorator(name, known)
 
-        def files() -> Iterator[FileEntry]:  # the hot loop of a cold request: kept flat
+        def files() -> Iterator[FileEntry]:  # the hot loop of a cold request
             texts = decode_pieces(resp.page_pieces(MAX_PAGE_BYTES))
-            base, hold_all = resp.url, want is not None and not render
-            for item, offset in iter_json_files(texts, members):
-                entry = _entry_from_json(item, base) if type(item) is dict else None
-                if entry is None:
-                    continue
-                entry.path = path = site_path(entry)
-                if path in seen:
-                    continue
-                seen.add(path)
+            hold_all = want is not None and not render
+            for entry, offset in unique_paths(iter_json_entries(texts, resp.url, members)):
+                path = entry.path
                 names.append(entry.filename)
                 keys.append(hash(path))
                 offsets.append(offset)
@@ -2750,11 +2735,10 @@ class ProjectCache:
                                 f"{type(exc).__name__}: {exc}") from None
         finally:
             builder.close()  # the helper thread, if one started; finish() needs no more
-        source = Fetched(200, resp.headers, resp.kept, resp.url, resp.digest)
         page_files: Any = held
         if len(keys) > STORED_FILES:
-            page_files = StoredFiles(self._source(source), keys, offsets, sized[0],
-                                     held if len(held) == len(keys) else None)
+            page_files = StoredFiles(self._source(resp.headers, resp.kept, resp.url), keys,
+                                     offsets, sized[0], held if len(held) == len(keys) else None)
         page = ProjectPage(name, page_files, versions or versions_of(names), status,
                            all_sized=sized[0] if page_files is not held else None)
         now, etag = self.clock(), resp.headers.get("etag")
