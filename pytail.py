@@ -51,6 +51,7 @@ import math
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -3043,21 +3044,23 @@ class FileFetcher:
         self.cache.invalidate(row.project)
         return sha
 
-    def metadata(self, row: FileRow) -> str:
-        """Disk path of the file's `.metadata`, fetched and verified once; NotFound if none."""
+    def metadata(self, row: FileRow) -> tuple[str, str]:
+        """Disk path and sha256 of the file's `.metadata`, fetched and verified once;
+        NotFound if none."""
         key = row.path + ".metadata"
         self._meta_locks.acquire(key)
         try:
             row = self.index.file(row.path) or row
-            if self._metadata_from_wheel(row):
-                return self.store.path(key)
+            sha = self._metadata_from_wheel(row)
+            if sha:
+                return self.store.path(key), sha
             if row.upstream_metadata is None or self.cache.upstream is None:
                 raise NotFound(f"no metadata for {row.filename}")
             return self._fetch_metadata(row, key)
         finally:
             self._meta_locks.release(key)
 
-    def _fetch_metadata(self, row: FileRow, key: str) -> str:
+    def _fetch_metadata(self, row: FileRow, key: str) -> tuple[str, str]:
         assert self.cache.upstream is not None
         fetched = self.cache.upstream.fetch(row.url + ".metadata", {}, MAX_METADATA_BYTES)
         if fetched.status != 200:
@@ -3068,7 +3071,7 @@ class FileFetcher:
         path = self.store.write(key, fetched.body)
         self.index.set_metadata(row.path, sha)
         self.cache.invalidate(row.project)
-        return path
+        return path, sha
 
 
 class CacheTools:
@@ -3207,7 +3210,10 @@ _SIMPLE_BASES = (("/simple/", "../../"), ("/root/pypi/+simple/", "../../../../")
 _FILE_PATH_RE = re.compile(r"root/pypi/\+f/(?:[0-9a-f]{3}/[0-9a-f]{13}|_url/[0-9a-f]{16})/"
                            r"([^/]+)\Z")
 _BAD_ESCAPES_RE = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
 MAX_PATH = 2048
+SMALL_FILE = 65536  # files up to this size go out in one write with their headers
+MSG_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: hold a header write for the body
 REQUEST_DEADLINE = 30.0  # seconds a connection may idle or take over its request headers
 ACCESS_LOG_DELAY = 0.2  # access log lines are written in batches at least this often
 ACCESS_LOG_BACKLOG = 100_000  # lines kept while stderr blocks
@@ -3243,8 +3249,8 @@ def match_route(target: str) -> Route:
     except UnicodeDecodeError:
         raise BadRequest("the path is not valid UTF-8 after percent-decoding") from None
     segments = path.split("/")
-    if not path.startswith("/") or "\\" in path or any(
-            s in (".", "..") or any(ord(c) < 32 for c in s) for s in segments):
+    if not path.startswith("/") or "\\" in path or "." in segments or ".." in segments \
+            or _CONTROL_RE.search(path):
         raise BadRequest("unsafe request path")
     suffix = f"?{query}" if query else ""
     if path == "/":
@@ -3284,6 +3290,35 @@ def _file_route(site: str) -> Route:
         if is_safe_filename(filename):
             return Route("local_metadata" if meta else "local_file", path=filename)
     raise NotFound("no such page")
+
+
+def send_file(sock: socket.socket, handle: BinaryIO, offset: int, count: int) -> int:
+    """Send `count` bytes of a file from `offset` with os.sendfile; the bytes sent (fewer
+    if the file ended early). socket.sendfile polls the socket before every call, which
+    costs more than sending a wheel over loopback: here it waits only when the socket's
+    buffer is full, for at most the socket's timeout."""
+    if not hasattr(os, "sendfile"):
+        return sock.sendfile(handle, offset, count)
+    sent, poller = 0, None
+    while sent < count:
+        try:
+            done = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, count - sent)
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            timeout = sock.gettimeout()
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("timed out") from None
+            continue
+        except OSError:
+            if sent:
+                raise
+            return sock.sendfile(handle, offset, count)  # sendfile refused: plain sends
+        if done == 0:
+            break
+        sent += done
+    return sent
 
 
 def accepts_gzip(header: str | None) -> bool:
@@ -3573,9 +3608,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._sent = variant.size
 
     def _send_file(self, path: str, etag: str, cache_control: str) -> None:
-        """A file from disk with Range (FILE-3/4), sent with sendfile."""
+        """A file from disk with Range (FILE-3/4): up to SMALL_FILE bytes in the same write
+        as the headers, more with sendfile."""
         try:
-            handle = open(path, "rb")
+            handle = open(path, "rb", buffering=0)
         except OSError:
             raise NotFound("file is gone") from None
         with handle:
@@ -3589,11 +3625,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             start, end = span or (0, stat.st_size - 1)
             if span:
                 headers["Content-Range"] = f"bytes {start}-{end}/{stat.st_size}"
-            self._send_head(206 if span else 200, headers, end - start + 1)
-            if not self._head and end >= start:
-                self._sent = self.connection.sendfile(handle, start, end - start + 1)
-                if self._sent != end - start + 1:  # the file shrank under us
-                    self.close_connection = True
+            length = end - start + 1
+            head = self._head_bytes(206 if span else 200, headers, length)
+            if self._head or length <= 0:
+                self.wfile.write(head)
+                return
+            if length <= SMALL_FILE:
+                body = os.pread(handle.fileno(), length, start)
+                self.wfile.write(head + body)
+                self._sent = len(body)
+            else:
+                self.connection.sendall(head, MSG_MORE)  # leaves with the first file bytes
+                self._sent = send_file(self.connection, handle, start, length)
+            if self._sent != length:  # the file shrank under us
+                self.close_connection = True
 
     def _stream(self, download: Download, etag: str, timeout: float) -> None:
         """Tee: send an uncached file while it downloads (FILE-7)."""
@@ -3698,8 +3743,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _serve_metadata(self, route: Route) -> None:
         row = self.server.cache.find_file(route.path)
         self._outcome = "HIT" if self.server.store.exists(route.path + ".metadata") else "MISS"
-        path = self.server.fetcher.metadata(row)
-        self._send_file(path, f'"{hash_file(path)}"', IMMUTABLE)
+        path, sha = self.server.fetcher.metadata(row)
+        self._send_file(path, f'"{sha}"', IMMUTABLE)
 
     def _local(self) -> LocalPackages:
         if self.server.local is None:

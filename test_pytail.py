@@ -769,6 +769,9 @@ def test_match_route(target: str, kind: str, detail: str) -> None:
     ("/packages/%2e%2e/x", pytail.BadRequest),
     ("/packages/a%5Cb", pytail.BadRequest),
     ("/packages/a%00b", pytail.BadRequest),
+    ("/packages/a%01b.whl", pytail.BadRequest),
+    ("/simple/a%1fb/", pytail.BadRequest),
+    ("/root/pypi/+f/abc/0123456789abc/a\x1b.whl", pytail.BadRequest),
     ("http://evil/simple/", pytail.BadRequest),
     ("/" + "a" * 3000, pytail.BadRequest),
     ("/root/pypi/+f/zzz/0123456789abc/a.tar.gz", pytail.NotFound),
@@ -1035,6 +1038,82 @@ def test_a_long_download_streams_to_its_clients(proxy: Proxy, upstream: FakeUpst
     assert proxy.server.store.exists(url.lstrip("/")) is not corrupt
 
 
+def _read_response(sock: socket.socket, pause: float = 0.0) -> tuple[bytes, bytes]:
+    """Headers and body of one HTTP response read from a raw socket, `pause` seconds
+    between reads (a slow client)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore
+    while len(body) < length:
+        time.sleep(pause)
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_send_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool) -> None:
+    """send_file sends the span asked for, says so when the file ends early, and falls back
+    to plain sends where sendfile is refused (some file systems)."""
+    path = tmp_path / "f.bin"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    if refused:
+        def no_sendfile(*args: Any) -> int:
+            raise OSError(22, "Invalid argument")
+        monkeypatch.setattr(os, "sendfile", no_sendfile)
+    left, right = socket.socketpair()
+    with left, right, open(path, "rb", buffering=0) as handle:
+        right.settimeout(10)
+        got = bytearray()
+        reader = threading.Thread(target=lambda: got.extend(_recv_all(right)))
+        reader.start()
+        assert pytail.send_file(left, handle, 10, 200_000) == 200_000
+        assert pytail.send_file(left, handle, 299_990, 100) == 10  # the file ended
+        left.shutdown(socket.SHUT_WR)
+        reader.join(10)
+    assert bytes(got) == data[10:200_010] + data[-10:]
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def test_big_cached_file_whole_by_range_and_to_a_slow_reader(
+        proxy: Proxy, upstream: FakeUpstream, dists: Path) -> None:  # FILE-3/4, HTTP-2
+    """Past SMALL_FILE a cached file goes out with sendfile: whole, by range, and to a
+    reader slower than the socket buffers (sendfile then waits for it), keep-alive intact."""
+    big = make_wheel(dists, "bigpkg", "1.0", payload=6_000_000)
+    upstream.add("bigpkg", big)
+    url = proxy.file_url("bigpkg", big.name)
+    data = big.read_bytes()
+    assert proxy.request(url)[2] == data  # cold: downloaded, checked, cached
+    edge = pytail.SMALL_FILE
+    for spec, expected in (("0-", data), (f"0-{edge - 1}", data[:edge]),
+                           (f"0-{edge}", data[:edge + 1]), (f"-{edge + 1}", data[-edge - 1:])):
+        status, headers, body = proxy.request(url, headers={"Range": f"bytes={spec}"})
+        assert status == 206 and body == expected, spec
+        assert headers["content-length"] == str(len(expected))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # a small window
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", proxy.server.server_address[1]))
+    with sock:
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)  # the server fills the socket buffers and waits
+        head, body = _read_response(sock, pause=0.001)
+        assert head.startswith(b"HTTP/1.1 200") and body == data
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n".encode())
+        head, body = _read_response(sock)  # the same connection, still in step
+        assert head.startswith(b"HTTP/1.1 206") and body == data[:10]
+
+
 def test_metadata_from_upstream_is_verified(proxy: Proxy, upstream: FakeUpstream,
                                             alpha: Path) -> None:  # META-1/2/6
     page = proxy.get_json("/simple/alpha/")
@@ -1043,7 +1122,7 @@ def test_metadata_from_upstream_is_verified(proxy: Proxy, upstream: FakeUpstream
     assert wheel["core-metadata"] == {"sha256": sha(meta)}
     url = "/" + wheel["url"].removeprefix("../../") + ".metadata"
     status, headers, body = proxy.request(url)
-    assert status == 200 and body == meta
+    assert status == 200 and body == meta and headers["etag"] == f'"{sha(meta)}"'
     assert proxy.request(url)[2] == meta
     assert upstream.count("/files/alpha-1.0-py3-none-any.whl.metadata") == 1
     sdist = next(f for f in page["files"] if f["filename"].endswith(".tar.gz"))
@@ -1062,7 +1141,8 @@ def test_metadata_advertised_once_wheel_is_cached(proxy: Proxy, upstream: FakeUp
     _, _, html_page = proxy.request("/simple/alpha/")
     meta = wheel_metadata_bytes(alpha)
     assert f'data-core-metadata="sha256={sha(meta)}"'.encode() in html_page
-    assert proxy.request(url + ".metadata")[2] == meta
+    status, headers, body = proxy.request(url + ".metadata")
+    assert body == meta and headers["etag"] == f'"{sha(meta)}"'
     assert upstream.count("/files/alpha-1.0-py3-none-any.whl.metadata") == 0
 
 
