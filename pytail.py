@@ -2983,10 +2983,14 @@ class FileFetcher:
         before the download counts as finished, so whoever waits sees all of it."""
         final = self.store.commit(temp, row.path)
         self.index.mark_cached(row.path, sha, size, self.cache.clock())
+        key = row.path + ".metadata"
+        self._meta_locks.acquire(key)  # not while a .metadata fetch writes the same file
         try:
             self._metadata_from_wheel(row)
         except Exception as exc:  # the file is cached and fine; metadata can wait
             log.warning("could not extract metadata from %s: %s", row.filename, exc)
+        finally:
+            self._meta_locks.release(key)
         return final
 
     def _copy(self, resp: Response, handle: BinaryIO, download: Download,
@@ -3290,6 +3294,14 @@ def _file_route(site: str) -> Route:
         if is_safe_filename(filename):
             return Route("local_metadata" if meta else "local_file", path=filename)
     raise NotFound("no such page")
+
+
+def read_at(handle: BinaryIO, count: int, offset: int) -> bytes:
+    """Up to `count` bytes from `offset`: one pread where the platform has it (not Windows)."""
+    if hasattr(os, "pread"):
+        return os.pread(handle.fileno(), count, offset)
+    handle.seek(offset)
+    return handle.read(count)
 
 
 def send_file(sock: socket.socket, handle: BinaryIO, offset: int, count: int) -> int:
@@ -3626,15 +3638,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if span:
                 headers["Content-Range"] = f"bytes {start}-{end}/{stat.st_size}"
             length = end - start + 1
-            head = self._head_bytes(206 if span else 200, headers, length)
+            status = 206 if span else 200
             if self._head or length <= 0:
-                self.wfile.write(head)
-                return
-            if length <= SMALL_FILE:
-                body = os.pread(handle.fileno(), length, start)
-                self.wfile.write(head + body)
+                return self._send_head(status, headers, length)
+            if length <= SMALL_FILE:  # read before any header leaves: a failure is a clean 5xx
+                body = read_at(handle, length, start)
+                self.wfile.write(self._head_bytes(status, headers, length) + body)
                 self._sent = len(body)
             else:
+                head = self._head_bytes(status, headers, length)
                 self.connection.sendall(head, MSG_MORE)  # leaves with the first file bytes
                 self._sent = send_file(self.connection, handle, start, length)
             if self._sent != length:  # the file shrank under us

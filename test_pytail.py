@@ -1114,6 +1114,20 @@ def test_big_cached_file_whole_by_range_and_to_a_slow_reader(
         assert head.startswith(b"HTTP/1.1 206") and body == data[:10]
 
 
+def test_small_cached_file_without_pread(proxy: Proxy, upstream: FakeUpstream, alpha: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # FILE-3/4
+    """Where os.pread is missing (Windows), small files are read with seek and read."""
+    url = proxy.file_url("alpha", alpha.name)
+    data = alpha.read_bytes()
+    assert proxy.request(url)[2] == data  # cold: downloaded and cached
+    monkeypatch.delattr(os, "pread")
+    status, _, body = proxy.request(url)
+    assert status == 200 and body == data
+    status, headers, body = proxy.request(url, headers={"Range": "bytes=5-14"})
+    assert status == 206 and body == data[5:15]
+    assert headers["content-range"] == f"bytes 5-14/{len(data)}"
+
+
 def test_metadata_from_upstream_is_verified(proxy: Proxy, upstream: FakeUpstream,
                                             alpha: Path) -> None:  # META-1/2/6
     page = proxy.get_json("/simple/alpha/")
