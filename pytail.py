@@ -2249,20 +2249,21 @@ class KeyedLocks:
         self._lock = threading.Lock()
         self._locks: dict[str, list[Any]] = {}
 
-    def acquire(self, key: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def held(self, key: str) -> Iterator[None]:
+        """`with locks.held(key):` the key's lock for the block."""
         with self._lock:
             entry = self._locks.setdefault(key, [threading.Lock(), 0])
             entry[1] += 1
         entry[0].acquire()
-        return entry[0]
-
-    def release(self, key: str) -> None:
-        with self._lock:
-            entry = self._locks[key]
-            entry[1] -= 1
-            if not entry[1]:
-                del self._locks[key]
-        entry[0].release()
+        try:
+            yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+            entry[0].release()
 
 
 @dataclass(frozen=True)
@@ -2551,11 +2552,8 @@ class ProjectCache:
         state = self._remembered(name)
         if state is not None:
             return state
-        self._locks.acquire(name)
-        try:
+        with self._locks.held(name):
             return self._remembered(name) or self._load(name)
-        finally:
-            self._locks.release(name)
 
     def _load(self, name: str) -> PageState | None:
         row = self.index.project(name)
@@ -2607,13 +2605,10 @@ class ProjectCache:
         if state and state.page is not None and self.clock() - state.failed < UPSTREAM_BACKOFF:
             return state, "STALE"  # upstream just failed for it: do not queue up behind it
         if not self._fresh(state, min_fetched):
-            self._locks.acquire(name)
-            try:
+            with self._locks.held(name):
                 state = self._remembered(name) or self._load(name)
                 if not self._fresh(state, min_fetched):
                     state, outcome = self._refresh(name, state, want)
-            finally:
-                self._locks.release(name)
         assert state is not None
         if state.page is None:
             raise NotFound(f"project {name!r} not found")
@@ -2983,14 +2978,11 @@ class FileFetcher:
         before the download counts as finished, so whoever waits sees all of it."""
         final = self.store.commit(temp, row.path)
         self.index.mark_cached(row.path, sha, size, self.cache.clock())
-        key = row.path + ".metadata"
-        self._meta_locks.acquire(key)  # not while a .metadata fetch writes the same file
-        try:
-            self._metadata_from_wheel(row)
-        except Exception as exc:  # the file is cached and fine; metadata can wait
-            log.warning("could not extract metadata from %s: %s", row.filename, exc)
-        finally:
-            self._meta_locks.release(key)
+        with self._meta_locks.held(row.path + ".metadata"):  # not during a .metadata fetch
+            try:
+                self._metadata_from_wheel(row)
+            except Exception as exc:  # the file is cached and fine; metadata can wait
+                log.warning("could not extract metadata from %s: %s", row.filename, exc)
         return final
 
     def _copy(self, resp: Response, handle: BinaryIO, download: Download,
@@ -3052,8 +3044,7 @@ class FileFetcher:
         """Disk path and sha256 of the file's `.metadata`, fetched and verified once;
         NotFound if none."""
         key = row.path + ".metadata"
-        self._meta_locks.acquire(key)
-        try:
+        with self._meta_locks.held(key):
             row = self.index.file(row.path) or row
             sha = self._metadata_from_wheel(row)
             if sha:
@@ -3061,8 +3052,6 @@ class FileFetcher:
             if row.upstream_metadata is None or self.cache.upstream is None:
                 raise NotFound(f"no metadata for {row.filename}")
             return self._fetch_metadata(row, key)
-        finally:
-            self._meta_locks.release(key)
 
     def _fetch_metadata(self, row: FileRow, key: str) -> tuple[str, str]:
         assert self.cache.upstream is not None
@@ -3645,9 +3634,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 body = read_at(handle, length, start)
                 self.wfile.write(self._head_bytes(status, headers, length) + body)
                 self._sent = len(body)
-            else:
-                head = self._head_bytes(status, headers, length)
-                self.connection.sendall(head, MSG_MORE)  # leaves with the first file bytes
+            else:  # the head leaves with the first file bytes
+                self.connection.sendall(self._head_bytes(status, headers, length), MSG_MORE)
                 self._sent = send_file(self.connection, handle, start, length)
             if self._sent != length:  # the file shrank under us
                 self.close_connection = True
